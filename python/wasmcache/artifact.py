@@ -1,0 +1,111 @@
+"""The on-disk entry format and what wasmcache needs to know about wasmtime's ELF artifacts.
+
+An entry is the artifact exactly as wasmtime serialized it, followed by a 24-byte trailer:
+payload length (u64 LE), XXH3-64 of the payload (u64 LE), and the magic ``b"WMCACHE1"``.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple, Optional, Union
+
+import xxhash
+
+Buffer = Union[bytes, bytearray, memoryview]
+
+#: Version of the on-disk format; part of every entry's folder name.
+ARTIFACT_VERSION = 1
+
+MAGIC = b"WMCACHE1"
+TRAILER = struct.Struct("<QQ8s")
+TRAILER_SIZE = TRAILER.size
+ELF_MAGIC = b"\x7fELF"
+
+
+class Trailer(NamedTuple):
+    payload_length: int
+    checksum: int
+
+
+def checksum(payload: Buffer) -> int:
+    """XXH3-64 of the payload."""
+    return xxhash.xxh3_64_intdigest(payload)
+
+
+def make_trailer(payload: Buffer) -> bytes:
+    return TRAILER.pack(len(payload), checksum(payload), MAGIC)
+
+
+def read_trailer(tail: bytes) -> Optional[Trailer]:
+    """The trailer in the last 24 bytes of a file, or None if they are not one."""
+    if len(tail) != TRAILER_SIZE:
+        return None
+    length, digest, magic = TRAILER.unpack(tail)
+    return Trailer(length, digest) if magic == MAGIC else None
+
+
+class _ElfLayout(NamedTuple):
+    endian: str
+    is64: bool
+    shoff: int
+    shentsize: int
+    shnum: int
+    shstrndx: int
+
+
+def _elf_layout(data: Buffer) -> Optional[_ElfLayout]:
+    view = memoryview(data)
+    if len(view) < 52 or view[:4] != ELF_MAGIC:
+        return None
+    elf_class, elf_data = view[4], view[5]
+    if elf_class not in (1, 2) or elf_data not in (1, 2):
+        return None
+    endian = "<" if elf_data == 1 else ">"
+    if elf_class == 2:
+        if len(view) < 64:
+            return None
+        (shoff,) = struct.unpack_from(endian + "Q", view, 0x28)
+        shentsize, shnum, shstrndx = struct.unpack_from(endian + "HHH", view, 0x3A)
+    else:
+        (shoff,) = struct.unpack_from(endian + "I", view, 0x20)
+        shentsize, shnum, shstrndx = struct.unpack_from(endian + "HHH", view, 0x2E)
+    return _ElfLayout(endian, elf_class == 2, shoff, shentsize, shnum, shstrndx)
+
+
+def elf_length(data: Buffer) -> Optional[int]:
+    """Length of the ELF image at the start of ``data`` (its section header table is last
+    in wasmtime artifacts), or None if ``data`` does not start with a whole ELF header and
+    section table."""
+    layout = _elf_layout(data)
+    if layout is None or layout.shnum == 0:
+        return None
+    end = layout.shoff + layout.shnum * layout.shentsize
+    return end if end <= len(data) else None
+
+
+def elf_section(data: Buffer, name: str) -> Optional[memoryview]:
+    """The contents of the named section of an ELF image, or None if absent or malformed."""
+    layout = _elf_layout(data)
+    if layout is None or layout.shnum == 0 or layout.shstrndx >= layout.shnum:
+        return None
+    view = memoryview(data)
+    header = struct.Struct(layout.endian + ("IIQQQQIIQQ" if layout.is64 else "IIIIIIIIII"))
+    if layout.shentsize < header.size or elf_length(data) is None:
+        return None
+
+    def section(index: int) -> tuple[int, int, int]:
+        fields = header.unpack_from(view, layout.shoff + index * layout.shentsize)
+        name_offset, offset, size = fields[0], fields[4], fields[5]
+        return name_offset, offset, size
+
+    _, names_offset, names_size = section(layout.shstrndx)
+    if names_offset + names_size > len(view):
+        return None
+    names = bytes(view[names_offset : names_offset + names_size])
+    wanted = name.encode()
+    for index in range(layout.shnum):
+        name_offset, offset, size = section(index)
+        end = names.find(b"\0", name_offset)
+        if end >= 0 and names[name_offset:end] == wanted:
+            return view[offset : offset + size] if offset + size <= len(view) else None
+    return None
