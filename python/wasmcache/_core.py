@@ -56,8 +56,9 @@ def lzw_encode(data: Buffer) -> bytes:
     raise ValueError(f"input too large to LZW-encode ({len(src)} bytes)")
 
 
-def atomic_write(target: str, payload: object, payload_len: int, trailer: bytes, *,
-                 fsync: bool = False) -> None:
+def atomic_write(
+    target: str, payload: object, payload_len: int, trailer: bytes, *, fsync: bool = False
+) -> None:
     """Write payload + trailer to ``target`` through a temp file and a rename.
 
     ``payload`` is a bytes-like object or a cffi ``uint8_t *``. Raises OSError (with errno
@@ -67,8 +68,9 @@ def atomic_write(target: str, payload: object, payload_len: int, trailer: bytes,
         payload = ffi.from_buffer("uint8_t[]", payload)
     err_no = ffi.new("int *")
     flags = (lib.WMC_FSYNC_FILE | lib.WMC_FSYNC_DIR) if fsync else 0
-    status = lib.wmc_atomic_write(os.fsencode(target), payload, payload_len, trailer,
-                                  len(trailer), flags, err_no)
+    status = lib.wmc_atomic_write(
+        os.fsencode(target), payload, payload_len, trailer, len(trailer), flags, err_no
+    )
     if status == lib.WMC_OK:
         return
     if status == lib.WMC_ERR_NOMEM:
@@ -78,13 +80,22 @@ def atomic_write(target: str, payload: object, payload_len: int, trailer: bytes,
     raise ValueError(f"cannot write to {target!r} (status {status})")
 
 
-
 def cache_path(cache_dir: bytes, engine_id: bytes, version: int, digest: bytes) -> bytes:
     """``<cache_dir>/<engine_id>-v<version>/<HEX>.bin`` as bytes (see ``wmc_cache_path``)."""
     out = ffi.new("char[]", len(cache_dir) + len(engine_id) + 2 * len(digest) + 32)
     out_len = ffi.new("size_t *")
-    status = lib.wmc_cache_path(cache_dir, len(cache_dir), engine_id, len(engine_id), version,
-                                digest, len(digest), out, len(out), out_len)
+    status = lib.wmc_cache_path(
+        cache_dir,
+        len(cache_dir),
+        engine_id,
+        len(engine_id),
+        version,
+        digest,
+        len(digest),
+        out,
+        len(out),
+        out_len,
+    )
     if status == lib.WMC_OK:
         return ffi.unpack(out, out_len[0])
     if status == lib.WMC_ERR_PATH_COMPONENT:

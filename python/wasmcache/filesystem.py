@@ -156,9 +156,11 @@ class FileSystemCache(ModuleCache):
         """Check the open entry and hand it to wasmtime; raise _Corrupt if it is bad."""
         if size == 0:
             raise _Corrupt("empty file")
-        trailer = read_trailer(os.pread(fd, TRAILER_SIZE, size - TRAILER_SIZE)) if (
-            size >= TRAILER_SIZE
-        ) else None
+        trailer = (
+            read_trailer(os.pread(fd, TRAILER_SIZE, size - TRAILER_SIZE))
+            if (size >= TRAILER_SIZE)
+            else None
+        )
         if trailer is not None:
             if trailer.payload_length != size - TRAILER_SIZE:
                 raise _Corrupt(

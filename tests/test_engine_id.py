@@ -1,0 +1,59 @@
+import re
+import subprocess
+import sys
+
+import pytest
+import wasmtime
+
+import wasmcache as wc
+
+SAFE = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def test_engine_id_is_filesystem_safe_and_stable(engine):
+    ident = wc.engine_id(engine)
+    assert SAFE.fullmatch(ident)
+    assert ident not in (".", "..")
+    assert wc.engine_id(engine) is ident  # computed once per Engine object
+    assert wc.engine_id(wasmtime.Engine()) == ident
+
+
+def test_engine_id_equal_across_processes(engine):
+    code = "import wasmtime, wasmcache; print(wasmcache.engine_id(wasmtime.Engine()))"
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        for _ in range(2)
+    }
+    assert outputs == {wc.engine_id(engine)}
+
+
+def _engine(**settings) -> wasmtime.Engine:
+    config = wasmtime.Config()
+    for name, value in settings.items():
+        setattr(config, name, value)
+    return wasmtime.Engine(config)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"cranelift_opt_level": "none"},
+        {"wasm_simd": False, "wasm_relaxed_simd": False},
+        {"consume_fuel": True},
+        {"epoch_interruption": True},
+    ],
+    ids=lambda s: ",".join(s),
+)
+def test_engine_id_differs_when_a_compatibility_setting_differs(engine, settings):
+    assert wc.engine_id(_engine(**settings)) != wc.engine_id(engine)
+
+
+def test_engine_id_rejects_non_engines():
+    with pytest.raises(TypeError):
+        wc.engine_id("engine")  # type: ignore[arg-type]
+
+
+def test_artifact_version_is_int():
+    assert isinstance(wc.ARTIFACT_VERSION, int) and wc.ARTIFACT_VERSION >= 1
