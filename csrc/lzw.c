@@ -29,17 +29,20 @@ void wmc_free(void *p) { free(p); }
 
 /* ---------------------------------------------------------------- decoder */
 
+/* The output buffer starts with the 256 byte values in order, so that a literal code c is
+ * "the 1-byte string at offset c" like every other code: one copy path for all codes. */
+#define PREFIX 256u
+
 typedef struct {
     uint8_t *data;
-    size_t len;   /* bytes of output so far */
+    size_t len;   /* bytes written, PREFIX included */
     size_t cap;   /* usable bytes; the allocation is cap + COPY_SLACK */
-    size_t max;   /* the caller's cap on len */
+    size_t max;   /* cap on len, PREFIX included */
 } out_buffer;
 
-/* Make room for `need` more bytes (need <= LZW_MAX_STRING). */
-static int out_reserve(out_buffer *ob, size_t need) {
+/* Grow so that `need` more bytes fit, or fail if that would pass the caller's cap. */
+static int out_grow(out_buffer *ob, size_t need) {
     if (need > ob->max - ob->len) return WMC_ERR_LZW_TOO_LARGE;
-    if (need <= ob->cap - ob->len) return WMC_OK;
     size_t want = ob->len + need;
     size_t cap = ob->cap;
     while (cap < want) cap = cap > ob->max / 2 ? ob->max : cap * 2;
@@ -50,10 +53,12 @@ static int out_reserve(out_buffer *ob, size_t need) {
     return WMC_OK;
 }
 
-/* Copy n bytes from src to dst where src + n <= dst, in 16-byte chunks that may write up
- * to 15 bytes past dst + n (into the slack or text written later). Reads before dst are
- * never changed by the copy, so the n bytes that matter are always right. */
-static inline void copy_earlier(uint8_t *dst, const uint8_t *src, size_t n) {
+/* Copy n >= 1 bytes from src to dst, where src < dst and src + n <= dst + 1, in 16-byte
+ * chunks that may write up to 15 bytes past dst + n (into the slack, or into text that
+ * later codes overwrite). Every byte of src before dst is read before anything can
+ * change it; the one byte that may overlap (src + n - 1 == dst, the KwKwK case) is
+ * stored again at the end, once dst[0] holds its final value. */
+static inline void copy_string(uint8_t *dst, const uint8_t *src, size_t n) {
     size_t i = 0;
     do {
         uint8_t chunk[16];
@@ -61,6 +66,7 @@ static inline void copy_earlier(uint8_t *dst, const uint8_t *src, size_t n) {
         memcpy(dst + i, chunk, 16);
         i += 16;
     } while (i < n);
+    dst[n - 1] = src[n - 1];
 }
 
 typedef struct {
@@ -76,7 +82,7 @@ static inline void reader_refill(bit_reader *br) {
         uint64_t word = 0;
         for (unsigned k = 0; k < 8; k++) word = (word << 8) | br->in[br->in_pos + k];
         unsigned take = (64 - br->nbits) / 8;
-        /* take is 0..8; shifting a 64-bit value by 64 is undefined, so handle 8 apart. */
+        /* take is 0..8; a shift by 64 is undefined, so 8 is handled apart. */
         if (take == 8) {
             br->bits = word;
         } else if (take > 0) {
@@ -93,18 +99,22 @@ static inline void reader_refill(bit_reader *br) {
 }
 
 int wmc_lzw_decode(const uint8_t *in, size_t in_len, size_t max_out,
-                   uint8_t **out, size_t *out_len, size_t *err_offset) {
-    if (!out || !out_len || !err_offset || (!in && in_len)) return WMC_ERR_ARGUMENT;
-    *out = NULL;
+                   uint8_t **out_buf, uint8_t **out_data, size_t *out_len, size_t *err_offset) {
+    if (!out_buf || !out_data || !out_len || !err_offset || (!in && in_len))
+        return WMC_ERR_ARGUMENT;
+    *out_buf = NULL;
+    *out_data = NULL;
     *out_len = 0;
     *err_offset = 0;
+    if (max_out > SIZE_MAX - PREFIX - COPY_SLACK) max_out = SIZE_MAX - PREFIX - COPY_SLACK;
 
     size_t *start = malloc(LZW_MAX_CODES * sizeof *start);
     uint16_t *length = malloc(LZW_MAX_CODES * sizeof *length);
-    out_buffer ob = {NULL, 0, 0, max_out};
-    size_t first_cap = in_len > (SIZE_MAX / 4) ? SIZE_MAX / 4 : in_len * 3;
+    out_buffer ob = {NULL, PREFIX, 0, max_out + PREFIX};
+    size_t first_cap = in_len > SIZE_MAX / 8 ? SIZE_MAX / 8 : in_len * 3;
     if (first_cap < 4096) first_cap = 4096;
     if (first_cap > max_out) first_cap = max_out;
+    first_cap += PREFIX;
     if (start && length) {
         ob.data = malloc(first_cap + COPY_SLACK);
         ob.cap = first_cap;
@@ -114,12 +124,18 @@ int wmc_lzw_decode(const uint8_t *in, size_t in_len, size_t max_out,
         status = WMC_ERR_NOMEM;
         goto done;
     }
+    for (unsigned c = 0; c < 256; c++) {
+        ob.data[c] = (uint8_t)c;
+        start[c] = c;
+        length[c] = 1;
+    }
 
     bit_reader br = {in, in_len, 0, 0, 0};
     unsigned width = LZW_MIN_WIDTH;
     unsigned next = LZW_FIRST_FREE;
-    int have_prev = 0;
-    size_t prev_pos = 0, prev_len = 0;
+    unsigned bump_at = (1u << LZW_MIN_WIDTH) - 1; /* widen after adding this entry */
+    unsigned highest_valid = LZW_FIRST_FREE - 1;  /* codes above it are invalid */
+    int have_prev = 0;                            /* a code was decoded since the clear */
 
     for (;;) {
         if (br.nbits < width) {
@@ -127,58 +143,54 @@ int wmc_lzw_decode(const uint8_t *in, size_t in_len, size_t max_out,
             if (br.nbits < width) {
                 *err_offset = in_len;
                 status = WMC_ERR_LZW_NO_END;
-                goto done;
+                break;
             }
         }
-        size_t code_offset = (br.in_pos * 8 - br.nbits) / 8;
         unsigned code = (unsigned)(br.bits >> (64 - width));
         br.bits <<= width;
         br.nbits -= width;
 
-        if (code == LZW_CLEAR) {
+        if (code > highest_valid) {
+            *err_offset = (br.in_pos * 8 - br.nbits - width) / 8;
+            status = WMC_ERR_LZW_CODE;
+            break;
+        }
+        if (code == LZW_CLEAR || code == LZW_END) {
+            if (code == LZW_END) break;
             width = LZW_MIN_WIDTH;
             next = LZW_FIRST_FREE;
+            bump_at = (1u << LZW_MIN_WIDTH) - 1;
+            highest_valid = LZW_FIRST_FREE - 1;
             have_prev = 0;
             continue;
         }
-        if (code == LZW_END) break;
 
         size_t pos = ob.len;
-        size_t code_len;
-        if (code < 256) {
-            if ((status = out_reserve(&ob, 1)) != WMC_OK) goto fail_at;
-            ob.data[pos] = (uint8_t)code;
-            code_len = 1;
-        } else if (!have_prev || code > next) {
-            status = WMC_ERR_LZW_CODE;
-            goto fail_at;
-        } else if (code < next) {
-            code_len = length[code];
-            if ((status = out_reserve(&ob, code_len)) != WMC_OK) goto fail_at;
-            copy_earlier(ob.data + pos, ob.data + start[code], code_len);
-        } else {
-            /* code == next: the previous string plus its own first byte. */
-            code_len = prev_len + 1;
-            if ((status = out_reserve(&ob, code_len)) != WMC_OK) goto fail_at;
-            copy_earlier(ob.data + pos, ob.data + prev_pos, prev_len);
-            ob.data[pos + prev_len] = ob.data[prev_pos];
+        size_t code_len = length[code];
+        if (code_len > ob.cap - pos && (status = out_grow(&ob, code_len)) != WMC_OK) {
+            *err_offset = (br.in_pos * 8 - br.nbits - width) / 8;
+            break;
         }
+        copy_string(ob.data + pos, ob.data + start[code], code_len);
+        ob.len = pos + code_len;
 
         if (have_prev && next < LZW_MAX_CODES) {
-            start[next] = prev_pos;
-            length[next] = (uint16_t)(prev_len + 1);
-            if (next == (1u << width) - 1 && width < LZW_MAX_WIDTH) width++;
+            if (next == bump_at && width < LZW_MAX_WIDTH) {
+                width++;
+                bump_at = (1u << width) - 1;
+            }
             next++;
         }
+        /* Entry `next` is always "the previous string + one byte", whatever code comes
+         * next, so it is set now; that also makes the KwKwK code (== next) valid. */
+        if (next < LZW_MAX_CODES) {
+            start[next] = pos;
+            length[next] = (uint16_t)(code_len + 1);
+            highest_valid = next;
+        } else {
+            highest_valid = LZW_MAX_CODES - 1;
+        }
         have_prev = 1;
-        prev_pos = pos;
-        prev_len = code_len;
-        ob.len = pos + code_len;
-        continue;
-
-    fail_at:
-        *err_offset = code_offset;
-        goto done;
     }
 
 done:
@@ -188,8 +200,9 @@ done:
         free(ob.data);
         return status;
     }
-    *out = ob.data;
-    *out_len = ob.len;
+    *out_buf = ob.data;
+    *out_data = ob.data + PREFIX;
+    *out_len = ob.len - PREFIX;
     return WMC_OK;
 }
 

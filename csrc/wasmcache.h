@@ -30,12 +30,13 @@ enum wmc_write_flags {
 };
 
 /* Decode an LZW stream (MSB bit order, 8-bit symbols, weezl-compatible).
- * On success *out is a buffer from malloc holding *out_len bytes: free it with wmc_free.
- * Decoding that would produce more than max_out bytes fails with WMC_ERR_LZW_TOO_LARGE
- * without allocating beyond max_out. On failure *out is NULL and *err_offset is the
- * input byte offset where the bad code started. */
+ * On success the *out_len decoded bytes start at *out_data, inside the buffer *out_buf
+ * (from malloc; free it with wmc_free). Decoding that would produce more than max_out
+ * bytes fails with WMC_ERR_LZW_TOO_LARGE without allocating more than max_out + 288
+ * bytes. On failure *out_buf is NULL and *err_offset is the input byte offset where the
+ * bad code started (in_len when the input ended without an end code). */
 int wmc_lzw_decode(const uint8_t *in, size_t in_len, size_t max_out,
-                   uint8_t **out, size_t *out_len, size_t *err_offset);
+                   uint8_t **out_buf, uint8_t **out_data, size_t *out_len, size_t *err_offset);
 
 /* Encode bytes as an LZW stream (clear code first, end code last, zero-padded).
  * On success *out is a buffer from malloc holding *out_len bytes: free it with wmc_free. */

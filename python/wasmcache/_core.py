@@ -28,20 +28,33 @@ def _take(out: object, out_len: object) -> bytes:
         lib.wmc_free(out[0])  # type: ignore[index]
 
 
-def lzw_decode(data: Buffer, max_output: int = DEFAULT_MAX_OUTPUT) -> bytes:
+def lzw_decode_view(data: Buffer, max_output: int = DEFAULT_MAX_OUTPUT) -> memoryview:
+    """Decode into a C buffer and return a view of it (no copy; freed with the view)."""
     if max_output < 0:
         raise ValueError("max_output must not be negative")
     src = ffi.from_buffer("uint8_t[]", data)
-    out = ffi.new("uint8_t **")
+    out_buf = ffi.new("uint8_t **")
+    out_data = ffi.new("uint8_t **")
     out_len = ffi.new("size_t *")
     err_offset = ffi.new("size_t *")
-    status = lib.wmc_lzw_decode(src, len(src), max_output, out, out_len, err_offset)
+    status = lib.wmc_lzw_decode(src, len(src), max_output, out_buf, out_data, out_len, err_offset)
     if status == lib.WMC_OK:
-        return _take(out, out_len)
+        owner = ffi.gc(out_buf[0], lib.wmc_free)
+        skip = int(ffi.cast("uintptr_t", out_data[0])) - int(ffi.cast("uintptr_t", owner))
+        # The view keeps the ffi.buffer alive, which keeps `owner` (and the memory) alive.
+        return memoryview(ffi.buffer(owner, skip + out_len[0]))[skip:]
     if status == lib.WMC_ERR_NOMEM:
         raise MemoryError("out of memory while decoding LZW")
     template = _LZW_MESSAGES.get(status, "LZW decoding failed with status {status}")
     raise LZWError(template.format(offset=err_offset[0], cap=max_output, status=status))
+
+
+def lzw_decode(data: Buffer, max_output: int = DEFAULT_MAX_OUTPUT) -> bytes:
+    view = lzw_decode_view(data, max_output)
+    try:
+        return view.tobytes()
+    finally:
+        view.release()
 
 
 def lzw_encode(data: Buffer) -> bytes:

@@ -180,24 +180,29 @@ class FileSystemCache(ModuleCache):
     ) -> wasmtime.Module:
         """Decode an entry the older LZW-compressing cache wrote, then store it anew in
         today's format so the next load maps it directly."""
-        data = _read_all(fd, size)
         try:
-            artifact = _core.lzw_decode(data)
+            artifact = _core.lzw_decode_view(_read_all(fd, size))
         except LZWError as exc:
             raise _Corrupt(f"neither an artifact nor a valid LZW stream ({exc})") from exc
-        del data
-        if not artifact.startswith(ELF_MAGIC):
+        if artifact[: len(ELF_MAGIC)] != ELF_MAGIC:
             raise _Corrupt("LZW stream does not hold a compiled artifact")
         try:
-            module = wasmtime.Module.deserialize(engine, artifact)
-        except wasmtime.WasmtimeError as exc:
-            raise _Corrupt(f"wasmtime rejected the decoded artifact: {exc}") from exc
-        try:
             self._write_entry(path, artifact)
-            log.debug("rewrote LZW entry %s in format v%d", path, ARTIFACT_VERSION)
         except FileWriteError as exc:
             log.warning("could not rewrite LZW entry %s: %s", path, exc)
-        return module
+            try:
+                return wasmtime.Module.deserialize(engine, artifact.tobytes())
+            except wasmtime.WasmtimeError as err:
+                raise _Corrupt(f"wasmtime rejected the decoded artifact: {err}") from err
+        log.debug("rewrote LZW entry %s in format v%d", path, ARTIFACT_VERSION)
+        # The file at `path` is now the one just written; a bad artifact in it is removed
+        # like any corrupt entry (the LZW file it replaced was no better).
+        with open(path, "rb") as rewritten:
+            try:
+                return _deserialize_file(engine, path, rewritten.fileno())
+            except _Corrupt:
+                self._discard(path, os.fstat(rewritten.fileno()))
+                raise
 
     @staticmethod
     def _discard(path: str, opened: os.stat_result) -> None:
