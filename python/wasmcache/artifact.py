@@ -6,6 +6,7 @@ payload length (u64 LE), XXH3-64 of the payload (u64 LE), and the magic ``b"WMCA
 
 from __future__ import annotations
 
+import re
 import struct
 from typing import NamedTuple, Optional, Union
 
@@ -20,6 +21,11 @@ MAGIC = b"WMCACHE1"
 TRAILER = struct.Struct("<QQ8s")
 TRAILER_SIZE = TRAILER.size
 ELF_MAGIC = b"\x7fELF"
+
+#: File names of entries: the key's uppercase hex (xxhash or sha256) + ".bin".
+ENTRY_NAME = re.compile(r"(?:[0-9A-F]{16}|[0-9A-F]{64})\.bin")
+#: File names of temp files a save writes before renaming (see csrc/atomic_write.c).
+TEMP_NAME = re.compile(r"\.(?:[0-9A-F]{16}|[0-9A-F]{64})\.bin\.[0-9]+\.[0-9a-f]{16}\.tmp")
 
 
 class Trailer(NamedTuple):
@@ -72,15 +78,25 @@ def _elf_layout(data: Buffer) -> Optional[_ElfLayout]:
     return _ElfLayout(endian, elf_class == 2, shoff, shentsize, shnum, shstrndx)
 
 
+#: Bytes of an ELF file header (64-bit; a 32-bit one is shorter).
+ELF_HEADER_SIZE = 64
+
+
+def elf_extent(header: Buffer) -> Optional[int]:
+    """Where the ELF image that starts with ``header`` ends (the end of its section header
+    table), read from the file header alone; None if ``header`` is not one."""
+    layout = _elf_layout(header)
+    if layout is None or layout.shnum == 0:
+        return None
+    return layout.shoff + layout.shnum * layout.shentsize
+
+
 def elf_length(data: Buffer) -> Optional[int]:
     """Length of the ELF image at the start of ``data`` (its section header table is last
     in wasmtime artifacts), or None if ``data`` does not start with a whole ELF header and
     section table."""
-    layout = _elf_layout(data)
-    if layout is None or layout.shnum == 0:
-        return None
-    end = layout.shoff + layout.shnum * layout.shentsize
-    return end if end <= len(data) else None
+    end = elf_extent(data)
+    return end if end is not None and end <= len(memoryview(data)) else None
 
 
 def elf_section(data: Buffer, name: str) -> Optional[memoryview]:

@@ -6,7 +6,9 @@ import errno
 import logging
 import mmap
 import os
+import re
 import stat
+import time
 from pathlib import Path
 from typing import Optional, Union
 
@@ -16,10 +18,13 @@ from wasmcache import _core
 from wasmcache._image import artifact_bytes
 from wasmcache.artifact import (
     ARTIFACT_VERSION,
+    ELF_HEADER_SIZE,
     ELF_MAGIC,
+    TEMP_NAME,
     TRAILER_SIZE,
     Buffer,
     checksum,
+    elf_extent,
     make_trailer,
     read_trailer,
 )
@@ -126,6 +131,30 @@ class FileSystemCache(ModuleCache):
         log.debug("hit %s at %s", key, path)
         return module
 
+    # -- housekeeping --------------------------------------------------------------------
+
+    def cleanup(self, older_than: float = 3600.0) -> int:
+        """Remove temp files that interrupted saves left behind and that are older than
+        ``older_than`` seconds; return how many were removed. Only names in the temp
+        format of this cache are touched."""
+        cutoff = time.time() - older_than
+        removed = 0
+        for folder in _engine_folders(self._dir):
+            for entry in _scan(folder):
+                if not TEMP_NAME.fullmatch(entry.name):
+                    continue
+                try:
+                    if entry.stat(follow_symlinks=False).st_mtime <= cutoff:
+                        os.unlink(entry.path)
+                        removed += 1
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    log.warning("could not remove stale temp file %s: %s", entry.path, exc)
+        if removed:
+            log.debug("removed %d stale temp files under %s", removed, self._dir)
+        return removed
+
     # -- internals -----------------------------------------------------------------------
 
     def _write_entry(self, path: str, payload: Buffer) -> None:
@@ -170,8 +199,12 @@ class FileSystemCache(ModuleCache):
             if self.verify and _file_checksum(fd, trailer.payload_length) != trailer.checksum:
                 raise _Corrupt("checksum mismatch")
             return _deserialize_file(engine, path, fd)
-        head = os.pread(fd, len(ELF_MAGIC), 0)
-        if head == ELF_MAGIC:
+        head = os.pread(fd, ELF_HEADER_SIZE, 0)
+        if head.startswith(ELF_MAGIC):
+            # A bare artifact, as module.serialize() writes it: exactly its ELF length.
+            # Anything longer is an entry whose trailer was damaged.
+            if elf_extent(head) != size:
+                raise _Corrupt("artifact without a valid trailer, or truncated")
             return _deserialize_file(engine, path, fd)
         return self._load_lzw_entry(engine, path, fd, size)
 
@@ -215,6 +248,27 @@ class FileSystemCache(ModuleCache):
             pass
         except OSError as exc:
             log.warning("could not remove corrupt cache entry %s: %s", path, exc)
+
+
+def _scan(folder: Union[str, Path]) -> list[os.DirEntry[str]]:
+    """The entries of a folder; empty if it is missing or unreadable."""
+    try:
+        with os.scandir(folder) as it:
+            return list(it)
+    except OSError:
+        return []
+
+
+def _engine_folders(cache_dir: Path) -> list[str]:
+    """Engine folders of a cache (``<engine id>-v<N>``); anything else is ignored."""
+    return [
+        e.path
+        for e in _scan(cache_dir)
+        if _ENGINE_FOLDER.fullmatch(e.name) and e.is_dir(follow_symlinks=False)
+    ]
+
+
+_ENGINE_FOLDER = re.compile(r"[A-Za-z0-9._-]+-v[0-9]+")
 
 
 def _deserialize_file(engine: wasmtime.Engine, path: str, fd: int) -> wasmtime.Module:
