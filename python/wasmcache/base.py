@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import abc
-import asyncio
 import functools
 from typing import Any, Callable, TypeVar
 
@@ -16,6 +15,8 @@ T = TypeVar("T")
 
 async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
     """Run blocking cache work in the default executor, off the event loop."""
+    import asyncio  # imported on first use: it costs more than the rest of wasmcache
+
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(None, functools.partial(fn, *args))
 

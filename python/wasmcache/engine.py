@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import re
 import threading
 import weakref
@@ -25,6 +24,8 @@ def _compute(engine: wasmtime.Engine) -> str:
     section = elf_section(artifact, _ENGINE_SECTION)
     if section is None:
         raise RuntimeError("wasmtime artifact has no .wasmtime.engine section")
+    import importlib.metadata  # imported on first use: slow to import
+
     # The section holds the wasmtime version, target, flags, tunables and features.
     version = _UNSAFE.sub("_", importlib.metadata.version("wasmtime"))
     return f"wasmtime-{version}-{xxhash.xxh3_64_hexdigest(section)}"
