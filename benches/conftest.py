@@ -86,8 +86,18 @@ def dataset(request, tmp_path_factory) -> Dataset:
     cache = wc.FileSystemCache(workdir / "cache")
     cache.save(key, engine, module)
     artifact = bytes(artifact_bytes(module))
-    return Dataset(name, wasm, key, engine, module, artifact, cache, cache.path(key, engine),
-                   workdir, compile_seconds)
+    return Dataset(
+        name,
+        wasm,
+        key,
+        engine,
+        module,
+        artifact,
+        cache,
+        cache.path(key, engine),
+        workdir,
+        compile_seconds,
+    )
 
 
 def best_of(fn: Callable[[], object], rounds: int) -> float:
@@ -104,8 +114,15 @@ def rounds_for(ds: Dataset, small: int = 30, big: int = 7) -> int:
     return small if ds.megabytes < 20 else big
 
 
-def record(benchmark, ds: Dataset, *, baseline_name: str | None = None,
-           baseline: float | None = None, target: float | None = None, **extra) -> None:
+def record(
+    benchmark,
+    ds: Dataset,
+    *,
+    baseline_name: str | None = None,
+    baseline: float | None = None,
+    target: float | None = None,
+    **extra,
+) -> None:
     """Put sizes, MB/s and the ratio to the baseline (both measured in this run) into
     extra_info. ``target`` is the ratio the issue asks for, recorded beside the result."""
     best = benchmark.stats.stats.min
@@ -128,6 +145,10 @@ def weezl_binary() -> Path | None:
     """The weezl reference tool, built offline on first use when cargo and Debian's
     librust-weezl-dev are there."""
     if not WEEZL.exists() and shutil.which("cargo"):
-        subprocess.run(["cargo", "build", "--release", "--offline", "--quiet"], cwd=WEEZL_DIR,
-                       check=False, capture_output=True)
+        subprocess.run(
+            ["cargo", "build", "--release", "--offline", "--quiet"],
+            cwd=WEEZL_DIR,
+            check=False,
+            capture_output=True,
+        )
     return WEEZL if WEEZL.exists() else None

@@ -32,37 +32,60 @@ def rows(data: dict) -> list[list[str]]:
         info = bench.get("extra_info", {})
         name = bench["name"].split("[")[0].removeprefix("test_")
         best_ms = bench["stats"]["min"] * 1e3
-        out.append([
-            info.get("dataset", ""),
-            name,
-            _fmt(info.get("artifact_bytes", 0) / 1e6, 1),
-            _fmt(best_ms, 3),
-            _fmt(info.get("mb_per_s"), 0) if "us_per_call" not in info else "",
-            info.get("baseline", "") or "",
-            _fmt(info.get("baseline_ms"), 3),
-            _fmt(info.get("ratio"), 2),
-            _fmt(info.get("target_ratio")),
-            _fmt(info.get("target_met")),
-            "; ".join(
-                f"{k}={_fmt(v)}"
-                for k, v in info.items()
-                if k in ("seed_ratio", "us_per_call", "import_ms", "speedup_of_wasmcache",
-                         "target_met_with_1ms", "weezl", "compressed_bytes")
-            ),
-        ])
+        out.append(
+            [
+                info.get("dataset", ""),
+                name,
+                _fmt(info.get("artifact_bytes", 0) / 1e6, 1),
+                _fmt(best_ms, 3),
+                _fmt(info.get("mb_per_s"), 0) if "us_per_call" not in info else "",
+                info.get("baseline", "") or "",
+                _fmt(info.get("baseline_ms"), 3),
+                _fmt(info.get("ratio"), 2),
+                _fmt(info.get("target_ratio")),
+                _fmt(info.get("target_met")),
+                "; ".join(
+                    f"{k}={_fmt(v)}"
+                    for k, v in info.items()
+                    if k
+                    in (
+                        "seed_ratio",
+                        "us_per_call",
+                        "import_ms",
+                        "speedup_of_wasmcache",
+                        "target_met_with_1ms",
+                        "weezl",
+                        "compressed_bytes",
+                    )
+                ),
+            ]
+        )
     return out
 
 
 def machine(data: dict) -> str:
     m = data.get("machine_info", {})
     cpu = m.get("cpu", {}).get("brand_raw", "") or platform.processor()
-    return (f"{m.get('system', '')} {m.get('release', '')}, {cpu}, "
-            f"Python {m.get('python_version', '')}; run {data.get('datetime', '')}")
+    return (
+        f"{m.get('system', '')} {m.get('release', '')}, {cpu}, "
+        f"Python {m.get('python_version', '')}; run {data.get('datetime', '')}"
+    )
 
 
 def markdown(data: dict) -> str:
-    header = ["data", "bench", "artifact MB", "best ms", "MB/s", "baseline", "baseline ms",
-              "ratio", "target", "met", "notes"]
+    header = [
+        "data",
+        "bench",
+        "artifact MB",
+        "best ms",
+        "MB/s",
+        "baseline",
+        "baseline ms",
+        "ratio",
+        "target",
+        "met",
+        "notes",
+    ]
     lines = [
         "# Benchmarks",
         "",

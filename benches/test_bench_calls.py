@@ -5,9 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from conftest import best_of, record
-
 import wasmcache as wc
+from conftest import best_of, record
 
 
 def test_contains(benchmark, dataset):
@@ -38,5 +37,11 @@ def test_import_time(benchmark, dataset):
     bare = best_of(lambda: run("pass"), 5)
     benchmark.pedantic(run, ("import wasmcache",), rounds=5, warmup_rounds=1)
     import_ms = (benchmark.stats.stats.min - bare) * 1e3
-    record(benchmark, ds, baseline_name="python -c pass", baseline=bare,
-           import_ms=import_ms, target_import_ms=100)
+    record(
+        benchmark,
+        ds,
+        baseline_name="python -c pass",
+        baseline=bare,
+        import_ms=import_ms,
+        target_import_ms=100,
+    )

@@ -8,9 +8,9 @@ import time
 
 import wasmtime
 import xxhash
-from conftest import SEED_LOAD_MS, SEED_MB, best_of, record, rounds_for
 
 import wasmcache as wc
+from conftest import SEED_LOAD_MS, SEED_MB, best_of, record, rounds_for
 
 
 def _read_and_hash(path) -> None:
@@ -28,8 +28,15 @@ def test_load_verify_on(benchmark, dataset):
     )
     benchmark.pedantic(ds.cache.load, (ds.key, ds.engine), rounds=rounds, warmup_rounds=1)
     per_seed = benchmark.stats.stats.min * 1e3 * SEED_MB / ds.megabytes
-    record(benchmark, ds, baseline_name="read + XXH3 + deserialize_file", baseline=baseline,
-           target=1.3, ms_per_seed_size=per_seed, seed_ratio=per_seed / SEED_LOAD_MS)
+    record(
+        benchmark,
+        ds,
+        baseline_name="read + XXH3 + deserialize_file",
+        baseline=baseline,
+        target=1.3,
+        ms_per_seed_size=per_seed,
+        seed_ratio=per_seed / SEED_LOAD_MS,
+    )
 
 
 def test_load_verify_off(benchmark, dataset):
@@ -41,15 +48,26 @@ def test_load_verify_off(benchmark, dataset):
     benchmark.pedantic(cache.load, (ds.key, ds.engine), rounds=rounds, warmup_rounds=1)
     best = benchmark.stats.stats.min
     per_seed = best * 1e3 * SEED_MB / ds.megabytes
-    record(benchmark, ds, baseline_name="deserialize_file", baseline=baseline,
-           target=1.5, ms_per_seed_size=per_seed, seed_ratio=per_seed / SEED_LOAD_MS,
-           target_met_with_1ms=best <= 1.5 * baseline + 1e-3)
+    record(
+        benchmark,
+        ds,
+        baseline_name="deserialize_file",
+        baseline=baseline,
+        target=1.5,
+        ms_per_seed_size=per_seed,
+        seed_ratio=per_seed / SEED_LOAD_MS,
+        target_met_with_1ms=best <= 1.5 * baseline + 1e-3,
+    )
 
 
 def test_load_raw_deserialize_file(benchmark, dataset):
     ds = dataset
-    benchmark.pedantic(wasmtime.Module.deserialize_file, (ds.engine, str(ds.entry)),
-                       rounds=rounds_for(ds), warmup_rounds=1)
+    benchmark.pedantic(
+        wasmtime.Module.deserialize_file,
+        (ds.engine, str(ds.entry)),
+        rounds=rounds_for(ds),
+        warmup_rounds=1,
+    )
     record(benchmark, ds)
 
 
@@ -84,9 +102,15 @@ def test_load_wasmtime_cache_hit(benchmark, dataset, tmp_path):
             break
         time.sleep(0.2)
     time.sleep(1.0)
-    benchmark.pedantic(wasmtime.Module, (engine, ds.wasm), rounds=rounds_for(ds, 10, 3),
-                       warmup_rounds=1)
+    benchmark.pedantic(
+        wasmtime.Module, (engine, ds.wasm), rounds=rounds_for(ds, 10, 3), warmup_rounds=1
+    )
     ours = best_of(lambda: ds.cache.load(ds.key, ds.engine), rounds_for(ds))
     wasmtime_hit = benchmark.stats.stats.min
-    record(benchmark, ds, baseline_name="wasmcache load (verify on)", baseline=ours,
-           speedup_of_wasmcache=wasmtime_hit / ours)
+    record(
+        benchmark,
+        ds,
+        baseline_name="wasmcache load (verify on)",
+        baseline=ours,
+        speedup_of_wasmcache=wasmtime_hit / ours,
+    )

@@ -7,8 +7,8 @@ import subprocess
 
 import pure_lzw
 import pytest
-from conftest import best_of, record, weezl_binary
 
+from conftest import best_of, record, weezl_binary
 from wasmcache import lzw
 
 PYTHON_SLICE = 2 << 20  # the pure-Python decoder gets the stream of the first 2 MB only
@@ -33,12 +33,22 @@ def test_lzw_decode(benchmark, dataset, compressed):
     if weezl is None:
         record(benchmark, ds, weezl="not built (needs cargo + Debian librust-weezl-dev)", **extra)
         return
-    done = subprocess.run([str(weezl), "bench-decode", str(path), str(rounds)],
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [str(weezl), "bench-decode", str(path), str(rounds)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     seconds, size = done.stdout.split()
     assert int(size) == len(ds.artifact)
-    record(benchmark, ds, baseline_name="weezl 0.1.5 decode", baseline=float(seconds),
-           target=0.5, **extra)
+    record(
+        benchmark,
+        ds,
+        baseline_name="weezl 0.1.5 decode",
+        baseline=float(seconds),
+        target=0.5,
+        **extra,
+    )
 
 
 def test_lzw_decode_pure_python(benchmark, dataset):
@@ -48,5 +58,11 @@ def test_lzw_decode_pure_python(benchmark, dataset):
     out = benchmark.pedantic(pure_lzw.decode, (stream,), rounds=1, warmup_rounds=0)
     assert out == part
     ours = best_of(lambda: lzw.decode(stream), 5)
-    record(benchmark, ds, baseline_name="wasmcache decode (same slice)", baseline=ours,
-           slice_bytes=len(part), mb_per_s=len(part) / 1e6 / benchmark.stats.stats.min)
+    record(
+        benchmark,
+        ds,
+        baseline_name="wasmcache decode (same slice)",
+        baseline=ours,
+        slice_bytes=len(part),
+        mb_per_s=len(part) / 1e6 / benchmark.stats.stats.min,
+    )

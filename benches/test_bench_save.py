@@ -6,8 +6,9 @@ from __future__ import annotations
 import ctypes
 
 import xxhash
-from conftest import SEED_MB, SEED_SAVE_MS, best_of, record, rounds_for
 from wasmtime import _bindings
+
+from conftest import SEED_MB, SEED_SAVE_MS, best_of, record, rounds_for
 
 
 def _raw_write(path, data: bytes) -> None:
@@ -21,11 +22,19 @@ def test_save(benchmark, dataset):
     rounds = rounds_for(ds)
     raw = ds.workdir / "raw.bin"
     baseline = best_of(lambda: _raw_write(raw, ds.artifact), rounds)
-    benchmark.pedantic(ds.cache.save, (ds.key, ds.engine, ds.module), rounds=rounds,
-                       warmup_rounds=1)
+    benchmark.pedantic(
+        ds.cache.save, (ds.key, ds.engine, ds.module), rounds=rounds, warmup_rounds=1
+    )
     per_seed = benchmark.stats.stats.min * 1e3 * SEED_MB / ds.megabytes
-    record(benchmark, ds, baseline_name="XXH3 + raw write", baseline=baseline, target=1.3,
-           ms_per_seed_size=per_seed, seed_ratio=per_seed / SEED_SAVE_MS)
+    record(
+        benchmark,
+        ds,
+        baseline_name="XXH3 + raw write",
+        baseline=baseline,
+        target=1.3,
+        ms_per_seed_size=per_seed,
+        seed_ratio=per_seed / SEED_SAVE_MS,
+    )
 
 
 def test_save_seed_design_serialize_and_write(benchmark, dataset):
