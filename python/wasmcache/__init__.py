@@ -12,20 +12,27 @@ from wasmcache.errors import (
     NotFound,
     SerializeError,
 )
-from wasmcache.filesystem import FileSystemCache
+from wasmcache.fallback import FallbackCache
+from wasmcache.filesystem import FileSystemCache, default_cache_dir
 from wasmcache.hashing import ModuleHash
+from wasmcache.layout import CacheEntry
+from wasmcache.memory import MemoryCache
 
 __all__ = [
     "ARTIFACT_VERSION",
+    "CacheEntry",
     "CacheError",
     "DeserializeError",
+    "FallbackCache",
     "FileReadError",
     "FileSystemCache",
     "FileWriteError",
+    "MemoryCache",
     "ModuleCache",
     "ModuleHash",
     "NotFound",
     "SerializeError",
+    "default_cache_dir",
     "engine_id",
     "lzw",
 ]

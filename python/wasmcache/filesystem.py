@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import mmap
 import os
-import re
 import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional, Union
 
 import wasmtime
 
-from wasmcache import _core
+from wasmcache import _core, layout, locks
 from wasmcache._image import artifact_bytes
 from wasmcache.artifact import (
     ARTIFACT_VERSION,
     ELF_HEADER_SIZE,
     ELF_MAGIC,
-    TEMP_NAME,
     TRAILER_SIZE,
     Buffer,
     checksum,
@@ -38,6 +38,7 @@ from wasmcache.errors import (
     NotFound,
 )
 from wasmcache.hashing import ModuleHash
+from wasmcache.layout import CacheEntry
 
 log = logging.getLogger("wasmcache")
 
@@ -53,22 +54,35 @@ class _Corrupt(Exception):
 class FileSystemCache(ModuleCache):
     """Compiled modules stored as ``<cache_dir>/<engine id>-v<N>/<HASH>.bin``.
 
-    ``verify`` checks each entry's length and XXH3-64 checksum before wasmtime maps it
-    (with ``verify=False`` only the length). ``fsync`` makes saves durable across a power
-    loss at the cost of a flush per save.
+    ``cache_dir`` defaults to :func:`default_cache_dir`. ``verify`` checks each entry's
+    length and XXH3-64 checksum before wasmtime maps it (with ``verify=False`` only the
+    length). ``fsync`` makes saves durable across a power loss at the cost of a flush per
+    save. With ``max_bytes``, saves prune the least recently used entries (of every
+    engine folder) once the cache grows past it, at most once per ``prune_interval``
+    seconds across all processes.
     """
+
+    lock_scope = 1
+    #: Hits record the time of use at most this often per entry (seconds).
+    touch_interval = 60.0
 
     def __init__(
         self,
-        cache_dir: Union[str, os.PathLike[str]],
+        cache_dir: Union[str, os.PathLike[str], None] = None,
         *,
         verify: bool = True,
         fsync: bool = False,
+        max_bytes: Optional[int] = None,
+        prune_interval: float = 60.0,
     ) -> None:
-        self._dir = Path(cache_dir)
+        if max_bytes is not None and max_bytes < 0:
+            raise ValueError("max_bytes must not be negative")
+        self._dir = Path(default_cache_dir() if cache_dir is None else cache_dir)
         self._dir_bytes = os.fsencode(self._dir)
         self.verify = verify
         self.fsync = fsync
+        self.max_bytes = max_bytes
+        self.prune_interval = prune_interval
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self._dir)!r}, verify={self.verify})"
@@ -101,6 +115,19 @@ class FileSystemCache(ModuleCache):
         payload = artifact_bytes(module)
         self._write_entry(path, payload)
         log.debug("saved %s (%d bytes) to %s", key, len(payload), path)
+        if self.max_bytes is not None:
+            self._maybe_prune()
+
+    @contextlib.contextmanager
+    def compile_lock(self, key: ModuleHash, engine: wasmtime.Engine) -> Iterator[None]:
+        """A thread lock and an advisory file lock ``<engine folder>/.<HASH>.lock``."""
+        path = self._entry_path(key, engine)
+        folder, name = os.path.split(path)
+        with locks.thread_lock(path):
+            with contextlib.suppress(OSError):  # no folder: no lock file, the thread lock holds
+                self._make_folders(folder)
+            with locks.file_lock(os.path.join(folder, f".{name[: -len('.bin')]}.lock")):
+                yield
 
     def load(self, key: ModuleHash, engine: wasmtime.Engine) -> wasmtime.Module:
         path = self._entry_path(key, engine)
@@ -117,6 +144,7 @@ class FileSystemCache(ModuleCache):
                 raise FileReadError(f"cache entry {path} is not a regular file", path)
             try:
                 module = self._load_open_entry(engine, path, fd, info.st_size)
+                self._record_use(fd, info)
             except _Corrupt as exc:
                 self._discard(path, info)
                 raise DeserializeError(f"removed corrupt cache entry {path}: {exc}") from (
@@ -133,24 +161,123 @@ class FileSystemCache(ModuleCache):
 
     # -- housekeeping --------------------------------------------------------------------
 
+    def entries(self) -> list[CacheEntry]:
+        """Every entry of every engine folder (names outside the entry format are
+        ignored)."""
+        return list(layout.entries(self._dir))
+
+    def verify_entries(self, *, fix: bool = False) -> list[tuple[CacheEntry, str]]:
+        """Check every entry's format, length and checksum (without wasmtime); return the
+        bad ones with the reason. With ``fix`` the bad ones are removed."""
+        bad = []
+        for entry in self.entries():
+            try:
+                fd = os.open(entry.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            except OSError as exc:
+                bad.append((entry, f"unreadable: {exc.strerror}"))
+                continue
+            try:
+                info = os.fstat(fd)
+                kind = _inspect(fd, info.st_size, verify=True)
+                if kind == "lzw":
+                    _decode_lzw_entry(fd, info.st_size)
+            except _Corrupt as exc:
+                bad.append((entry, str(exc)))
+                if fix:
+                    self._discard(str(entry.path), info)
+            except OSError as exc:
+                bad.append((entry, f"unreadable: {exc.strerror}"))
+            finally:
+                os.close(fd)
+        return bad
+
+    def prune(self, max_bytes: int) -> list[CacheEntry]:
+        """Remove least recently used entries until the cache holds at most ``max_bytes``,
+        plus stale temp files and empty engine folders; return the removed entries.
+        Entries that live modules map are unlinked, never truncated, so they stay valid."""
+        if max_bytes < 0:
+            raise ValueError("max_bytes must not be negative")
+        all_entries = sorted(self.entries(), key=lambda e: e.last_used)
+        total = sum(e.size for e in all_entries)
+        removed = []
+        for entry in all_entries:
+            if total <= max_bytes:
+                break
+            try:
+                os.unlink(entry.path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("could not prune %s: %s", entry.path, exc)
+                continue
+            total -= entry.size
+            removed.append(entry)
+        self.cleanup()
+        for folder in layout.engine_folders(self._dir):
+            with contextlib.suppress(OSError):
+                os.rmdir(folder.path)  # only succeeds when empty
+        if removed:
+            log.debug("pruned %d entries from %s", len(removed), self._dir)
+        return removed
+
+    def clear(self) -> int:
+        """Remove every entry (and temp and lock file); return how many entries."""
+        removed = 0
+        for entry in self.entries():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+                removed += 1
+        self.cleanup(older_than=0)
+        for folder in layout.engine_folders(self._dir):
+            with contextlib.suppress(OSError):
+                os.rmdir(folder.path)
+        return removed
+
+    def _maybe_prune(self) -> None:
+        """Prune to max_bytes if no process did within prune_interval (shared stamp file),
+        under a lock that all processes share; never blocks a save."""
+        stamp = self._dir / ".last-prune"
+        try:
+            if time.time() - stamp.stat().st_mtime < self.prune_interval:
+                return
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return
+        with locks.try_file_lock(str(self._dir / ".prune.lock")) as locked:
+            if not locked:
+                return
+            try:
+                stamp.touch()
+                self.prune(self.max_bytes or 0)
+            except OSError as exc:
+                log.warning("automatic pruning of %s failed: %s", self._dir, exc)
+
+    def _record_use(self, fd: int, info: os.stat_result) -> None:
+        """Set the entry's access time to now (what prune's LRU order reads), at most once
+        per touch_interval; a read-only cache is fine."""
+        now = time.time()
+        if now - info.st_atime >= self.touch_interval:
+            with contextlib.suppress(OSError):
+                os.utime(fd, (now, info.st_mtime))
+
+    # -- housekeeping: temp files -------------------------------------------------------
+
     def cleanup(self, older_than: float = 3600.0) -> int:
-        """Remove temp files that interrupted saves left behind and that are older than
-        ``older_than`` seconds; return how many were removed. Only names in the temp
-        format of this cache are touched."""
+        """Remove temp files that interrupted saves left behind, and per-key lock files,
+        older than ``older_than`` seconds; return how many were removed. Only names in
+        this cache's temp and lock formats are touched."""
         cutoff = time.time() - older_than
         removed = 0
-        for folder in _engine_folders(self._dir):
-            for entry in _scan(folder):
-                if not TEMP_NAME.fullmatch(entry.name):
-                    continue
-                try:
-                    if entry.stat(follow_symlinks=False).st_mtime <= cutoff:
-                        os.unlink(entry.path)
-                        removed += 1
-                except FileNotFoundError:
-                    pass
-                except OSError as exc:
-                    log.warning("could not remove stale temp file %s: %s", entry.path, exc)
+        for entry in layout.temp_files(self._dir):
+            try:
+                if entry.stat(follow_symlinks=False).st_mtime <= cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("could not remove stale temp file %s: %s", entry.path, exc)
         if removed:
             log.debug("removed %d stale temp files under %s", removed, self._dir)
         return removed
@@ -183,42 +310,15 @@ class FileSystemCache(ModuleCache):
         self, engine: wasmtime.Engine, path: str, fd: int, size: int
     ) -> wasmtime.Module:
         """Check the open entry and hand it to wasmtime; raise _Corrupt if it is bad."""
-        if size == 0:
-            raise _Corrupt("empty file")
-        trailer = (
-            read_trailer(os.pread(fd, TRAILER_SIZE, size - TRAILER_SIZE))
-            if (size >= TRAILER_SIZE)
-            else None
-        )
-        if trailer is not None:
-            if trailer.payload_length != size - TRAILER_SIZE:
-                raise _Corrupt(
-                    f"length mismatch: trailer says {trailer.payload_length} bytes, "
-                    f"file holds {size - TRAILER_SIZE}"
-                )
-            if self.verify and _file_checksum(fd, trailer.payload_length) != trailer.checksum:
-                raise _Corrupt("checksum mismatch")
+        if _inspect(fd, size, verify=self.verify) != "lzw":
             return _deserialize_file(engine, path, fd)
-        head = os.pread(fd, ELF_HEADER_SIZE, 0)
-        if head.startswith(ELF_MAGIC):
-            # A bare artifact, as module.serialize() writes it: exactly its ELF length.
-            # Anything longer is an entry whose trailer was damaged.
-            if elf_extent(head) != size:
-                raise _Corrupt("artifact without a valid trailer, or truncated")
-            return _deserialize_file(engine, path, fd)
-        return self._load_lzw_entry(engine, path, fd, size)
+        return self._load_lzw_entry(engine, path, _decode_lzw_entry(fd, size))
 
     def _load_lzw_entry(
-        self, engine: wasmtime.Engine, path: str, fd: int, size: int
+        self, engine: wasmtime.Engine, path: str, artifact: memoryview
     ) -> wasmtime.Module:
-        """Decode an entry the older LZW-compressing cache wrote, then store it anew in
-        today's format so the next load maps it directly."""
-        try:
-            artifact = _core.lzw_decode_view(_read_all(fd, size))
-        except LZWError as exc:
-            raise _Corrupt(f"neither an artifact nor a valid LZW stream ({exc})") from exc
-        if artifact[: len(ELF_MAGIC)] != ELF_MAGIC:
-            raise _Corrupt("LZW stream does not hold a compiled artifact")
+        """Load an entry the older LZW-compressing cache wrote (already decoded), storing
+        it anew in today's format so the next load maps it directly."""
         try:
             self._write_entry(path, artifact)
         except FileWriteError as exc:
@@ -250,25 +350,53 @@ class FileSystemCache(ModuleCache):
             log.warning("could not remove corrupt cache entry %s: %s", path, exc)
 
 
-def _scan(folder: Union[str, Path]) -> list[os.DirEntry[str]]:
-    """The entries of a folder; empty if it is missing or unreadable."""
+def default_cache_dir() -> Path:
+    """``$WASMCACHE_DIR`` if set, else the user's cache folder (platformdirs) +
+    ``wasmcache``."""
+    configured = os.environ.get("WASMCACHE_DIR")
+    if configured:
+        return Path(configured)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("wasmcache", appauthor=False))
+
+
+def _inspect(fd: int, size: int, *, verify: bool) -> str:
+    """What the open entry holds: "trailer" (today's format, checked), "bare" (an
+    artifact as module.serialize() writes it) or "lzw" (maybe an LZW stream: decoding
+    decides). Raises _Corrupt for anything else."""
+    if size == 0:
+        raise _Corrupt("empty file")
+    tail = os.pread(fd, TRAILER_SIZE, size - TRAILER_SIZE) if size >= TRAILER_SIZE else b""
+    trailer = read_trailer(tail)
+    if trailer is not None:
+        if trailer.payload_length != size - TRAILER_SIZE:
+            raise _Corrupt(
+                f"length mismatch: trailer says {trailer.payload_length} bytes, "
+                f"file holds {size - TRAILER_SIZE}"
+            )
+        if verify and _file_checksum(fd, trailer.payload_length) != trailer.checksum:
+            raise _Corrupt("checksum mismatch")
+        return "trailer"
+    head = os.pread(fd, ELF_HEADER_SIZE, 0)
+    if head.startswith(ELF_MAGIC):
+        # A bare artifact is exactly its ELF length; anything else is an entry whose
+        # trailer was damaged, or a truncated file.
+        if elf_extent(head) != size:
+            raise _Corrupt("artifact without a valid trailer, or truncated")
+        return "bare"
+    return "lzw"
+
+
+def _decode_lzw_entry(fd: int, size: int) -> memoryview:
+    """The artifact in an LZW entry; _Corrupt if it is not a valid stream of one."""
     try:
-        with os.scandir(folder) as it:
-            return list(it)
-    except OSError:
-        return []
-
-
-def _engine_folders(cache_dir: Path) -> list[str]:
-    """Engine folders of a cache (``<engine id>-v<N>``); anything else is ignored."""
-    return [
-        e.path
-        for e in _scan(cache_dir)
-        if _ENGINE_FOLDER.fullmatch(e.name) and e.is_dir(follow_symlinks=False)
-    ]
-
-
-_ENGINE_FOLDER = re.compile(r"[A-Za-z0-9._-]+-v[0-9]+")
+        artifact = _core.lzw_decode_view(_read_all(fd, size))
+    except LZWError as exc:
+        raise _Corrupt(f"neither an artifact nor a valid LZW stream ({exc})") from exc
+    if artifact[: len(ELF_MAGIC)] != ELF_MAGIC:
+        raise _Corrupt("LZW stream does not hold a compiled artifact")
+    return artifact
 
 
 def _deserialize_file(engine: wasmtime.Engine, path: str, fd: int) -> wasmtime.Module:

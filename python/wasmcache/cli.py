@@ -1,0 +1,317 @@
+"""The ``wasmcache`` command: run, compile, ls, stats, verify, prune, clear, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Callable, Optional
+
+import wasmtime
+
+from wasmcache import synth
+from wasmcache.engine import engine_id
+from wasmcache.errors import CacheError
+from wasmcache.filesystem import FileSystemCache, default_cache_dir
+from wasmcache.hashing import ModuleHash
+from wasmcache.progress import elapsed
+
+_SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(?:i?B)?\s*", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+class UsageError(Exception):
+    """A bad argument: reported with exit code 2."""
+
+
+def parse_size(text: str) -> int:
+    """Bytes from a size like ``1048576``, ``512K``, ``512M``, ``2G``, ``1.5GiB``."""
+    match = _SIZE.fullmatch(text)
+    if not match:
+        raise UsageError(f"not a size: {text!r} (use e.g. 512M or 2G)")
+    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+
+
+def human(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"  # pragma: no cover
+
+
+def cli_engine() -> wasmtime.Engine:
+    """The engine of every command: epoch interruption on, so Ctrl-C can stop `run`
+    (and so `compile` fills the cache with what `run` loads)."""
+    config = wasmtime.Config()
+    config.epoch_interruption = True
+    return wasmtime.Engine(config)
+
+
+def _compile(
+    cache: Optional[FileSystemCache], engine: wasmtime.Engine, path: str
+) -> wasmtime.Module:
+    """The module at ``path``: from the cache, or compiled (and cached) with a live
+    elapsed-time indicator when that takes a while."""
+    wasm = Path(path).read_bytes()
+    with elapsed(f"compiling {os.path.basename(path)}"):
+        if cache is None:
+            return wasmtime.Module(engine, wasm)
+        return cache.load_or_compile(engine, wasm)
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace, cache: FileSystemCache) -> int:
+    engine = cli_engine()
+    module = _compile(None if args.no_cache else cache, engine, args.file)
+    linker = wasmtime.Linker(engine)
+    linker.define_wasi()
+    store = wasmtime.Store(engine)
+    wasi = wasmtime.WasiConfig()
+    wasi.argv = [os.path.basename(args.file), *args.args]
+    wasi.inherit_stdin()
+    wasi.inherit_stdout()
+    wasi.inherit_stderr()
+    wasi.inherit_env()
+    wasi.preopen_dir(".", ".")
+    store.set_wasi(wasi)
+    store.set_epoch_deadline(1)
+    instance = linker.instantiate(store, module)
+    start = instance.exports(store).get("_start")
+    if not isinstance(start, wasmtime.Func):
+        raise UsageError(f"{args.file} is not a WASI command (no _start export)")
+
+    outcome: dict[str, object] = {}
+    interrupted = threading.Event()
+
+    def call() -> None:
+        try:
+            start(store)
+            outcome["code"] = 0
+        except wasmtime.ExitTrap as exc:
+            outcome["code"] = exc.code
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=call, name="wasm", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        try:
+            worker.join(0.05)
+        except KeyboardInterrupt:
+            interrupted.set()
+            engine.increment_epoch()  # traps the guest at its next epoch check
+    if interrupted.is_set():
+        return 130
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return int(outcome["code"])  # type: ignore[call-overload]
+
+
+def cmd_compile(args: argparse.Namespace, cache: FileSystemCache) -> int:
+    engine = cli_engine()
+    for path in args.files:
+        start = time.perf_counter()
+        _compile(cache, engine, path)
+        print(f"{path}: cached ({time.perf_counter() - start:.2f} s)")
+    return 0
+
+
+def _entry_rows(cache: FileSystemCache) -> list[dict]:
+    return [
+        {
+            "key": str(e.key),
+            "engine": e.engine_folder,
+            "bytes": e.size,
+            "last_used": e.last_used,
+            "path": str(e.path),
+        }
+        for e in sorted(cache.entries(), key=lambda e: -e.last_used)
+    ]
+
+
+def cmd_ls(args: argparse.Namespace, cache: FileSystemCache) -> int:
+    rows = _entry_rows(cache)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["last_used"]))
+        print(f"{row['key']:<64}  {human(row['bytes']):>10}  {used}  {row['engine']}")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace, cache: FileSystemCache) -> int:
+    rows = _entry_rows(cache)
+    folders: dict[str, dict] = {}
+    for row in rows:
+        folder = folders.setdefault(row["engine"], {"entries": 0, "bytes": 0})
+        folder["entries"] += 1
+        folder["bytes"] += row["bytes"]
+    stats = {
+        "cache_dir": str(cache.cache_dir),
+        "engine_id": engine_id(cli_engine()),
+        "entries": len(rows),
+        "bytes": sum(r["bytes"] for r in rows),
+        "engine_folders": folders,
+        "oldest_use": min((r["last_used"] for r in rows), default=None),
+        "newest_use": max((r["last_used"] for r in rows), default=None),
+    }
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    print(f"cache folder: {stats['cache_dir']}")
+    print(f"entries:      {stats['entries']} ({human(stats['bytes'])})")
+    for name, folder in sorted(folders.items()):
+        print(f"  {name}: {folder['entries']} entries, {human(folder['bytes'])}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace, cache: FileSystemCache) -> int:
+    checked = len(cache.entries())
+    bad = cache.verify_entries(fix=args.fix)
+    for entry, reason in bad:
+        action = "removed" if args.fix else "bad"
+        print(f"{action}: {entry.path}: {reason}")
+    print(f"{checked} entries checked, {len(bad)} bad" + (" (removed)" if args.fix and bad else ""))
+    return 1 if bad and not args.fix else 0
+
+
+def cmd_prune(args: argparse.Namespace, cache: FileSystemCache) -> int:
+    removed = cache.prune(parse_size(args.max_bytes))
+    freed = sum(e.size for e in removed)
+    print(f"removed {len(removed)} entries ({human(freed)})")
+    return 0
+
+
+def cmd_clear(args: argparse.Namespace, cache: FileSystemCache) -> int:
+    print(f"removed {cache.clear()} entries from {cache.cache_dir}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, cache: FileSystemCache) -> int:
+    functions, data_mb = args.functions, args.data_mb
+    with tempfile.TemporaryDirectory(prefix="wasmcache-demo-") as scratch:
+        demo_cache = FileSystemCache(Path(scratch) / "cache")
+        wasm = synth.data_module(data_mb << 20, functions=functions, seed=2026)
+        key = ModuleHash.xxhash(wasm)
+        print(f"module: {human(len(wasm))} of wasm ({functions} functions, {data_mb} MiB of data)")
+
+        engine = wasmtime.Engine()
+        start = time.perf_counter()
+        with elapsed("cold compile"):
+            module = wasmtime.Module(engine, wasm)
+        cold = time.perf_counter() - start
+        print(f"cold compile (wasmtime):    {cold * 1e3:9.1f} ms")
+
+        start = time.perf_counter()
+        demo_cache.save(key, engine, module)
+        saved = time.perf_counter() - start
+        size = demo_cache.path(key, engine).stat().st_size
+        print(f"save to the cache:          {saved * 1e3:9.1f} ms  ({human(size)} entry)")
+        del module
+
+        fresh_engine = wasmtime.Engine()  # as a new process would
+        start = time.perf_counter()
+        loaded = demo_cache.load(key, fresh_engine)
+        warm = time.perf_counter() - start
+        print(f"warm load from the cache:   {warm * 1e3:9.1f} ms")
+        print(f"speed-up:                   {cold / warm:9.0f}x")
+
+        store = wasmtime.Store(fresh_engine)
+        exports = wasmtime.Instance(store, loaded, []).exports(store)
+        ok = (
+            exports["add"](store, 2, 3) == 5
+            and exports["probe"](store, (data_mb << 20) - 1) == wasm[-1]
+        )
+        print(
+            f"the loaded module runs: add(2, 3) = {exports['add'](store, 2, 3)}, "
+            f"data check {'ok' if ok else 'FAILED'}"
+        )
+        return 0 if ok else 1
+
+
+# -- parsing and dispatch -------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wasmcache", description="Cache of compiled WebAssembly modules for wasmtime."
+    )
+    parser.add_argument(
+        "--cache-dir", help="cache folder (default: $WASMCACHE_DIR or the user cache folder)"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logs, tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a WASI command module, compiled code from the cache")
+    run.add_argument("--no-cache", action="store_true", help="compile without the cache")
+    run.add_argument("file", help="the .wasm file")
+    run.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the program")
+    run.set_defaults(handler=cmd_run)
+
+    comp = sub.add_parser("compile", help="compile modules into the cache ahead of time")
+    comp.add_argument("files", nargs="+", metavar="FILE.wasm")
+    comp.set_defaults(handler=cmd_compile)
+
+    for name, handler, text in (
+        ("ls", cmd_ls, "list entries"),
+        ("stats", cmd_stats, "entries and bytes per engine folder"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.set_defaults(handler=handler)
+
+    verify = sub.add_parser("verify", help="check every entry's length and checksum")
+    verify.add_argument("--fix", action="store_true", help="remove the bad entries")
+    verify.set_defaults(handler=cmd_verify)
+
+    prune = sub.add_parser("prune", help="remove least recently used entries")
+    prune.add_argument(
+        "--max-bytes", required=True, metavar="SIZE", help="size to shrink to, like 512M or 2G"
+    )
+    prune.set_defaults(handler=cmd_prune)
+
+    clear = sub.add_parser("clear", help="remove every entry")
+    clear.set_defaults(handler=cmd_clear)
+
+    demo = sub.add_parser("demo", help="compile a generated module cold, then load it warm")
+    demo.add_argument("--functions", type=int, default=16000, help=argparse.SUPPRESS)
+    demo.add_argument("--data-mb", type=int, default=64, help=argparse.SUPPRESS)
+    demo.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="wasmcache: %(levelname)s: %(message)s",
+    )
+    handler: Callable[[argparse.Namespace, FileSystemCache], int] = args.handler
+    try:
+        cache = FileSystemCache(args.cache_dir or default_cache_dir())
+        return handler(args, cache)
+    except UsageError as exc:
+        parser.print_usage(sys.stderr)
+        print(f"wasmcache: error: {exc}", file=sys.stderr)
+        return 2
+    except (CacheError, OSError, wasmtime.WasmtimeError, ValueError) as exc:
+        if args.verbose:
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"wasmcache: error: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
