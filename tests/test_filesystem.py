@@ -145,7 +145,7 @@ def test_key_must_be_module_hash(cache, engine):
         cache.path("0123456789ABCDEF", engine)  # type: ignore[arg-type]
 
 
-# -- corrupt entries ----------------------------------------------------------------------------
+# -- corrupt entries ------------------------------------------------------------------------
 
 
 def _corruptions(artifact: bytes) -> dict[str, bytes]:
@@ -212,7 +212,7 @@ def test_removal_failure_is_logged(cache, key, engine, monkeypatch, caplog):
     assert "could not remove corrupt cache entry" in caplog.text
 
 
-# -- file system errors ----------------------------------------------------------------------------
+# -- file system errors ------------------------------------------------------------------------
 
 
 def _as_unprivileged_user(tmp_path: Path, script: str) -> None:
@@ -317,7 +317,7 @@ def test_failed_save_leaves_no_temp_file(cache, key, engine, add_module, monkeyp
     assert cache.path(key, engine).read_bytes() == before
 
 
-# -- logging and async ---------------------------------------------------------------------------
+# -- logging and async ------------------------------------------------------------------------
 
 
 def test_logs_hit_miss_save(cache, key, engine, add_module, caplog):

@@ -82,17 +82,30 @@ class ModuleCache(abc.ABC):
         data = read_wasm(wasm)
         if key is None:
             key = ModuleHash.xxhash(data)
-        with contextlib.suppress(NotFound, DeserializeError):
-            return self.load(key, engine)
+        module = self._try_load(key, engine)
+        if module is not None:
+            return module
         with self.compile_lock(key, engine):
-            with contextlib.suppress(NotFound, DeserializeError):
-                return self.load(key, engine)  # compiled by someone else while we waited
+            module = self._try_load(key, engine)  # compiled by someone else meanwhile?
+            if module is not None:
+                return module
             module = wasmtime.Module(engine, data)
             try:
                 self.save(key, engine, module)
             except CacheError as exc:
                 log.warning("compiled %s but could not cache it: %s", key, exc)
             return module
+
+    def _try_load(self, key: ModuleHash, engine: wasmtime.Engine) -> Optional[wasmtime.Module]:
+        """The cached module, or None on a miss or when the cache cannot serve it (a
+        removed corrupt entry, an unreadable file: logged, and the caller compiles)."""
+        try:
+            return self.load(key, engine)
+        except (NotFound, DeserializeError):
+            return None
+        except CacheError as exc:
+            log.warning("cache unusable for %s, compiling instead: %s", key, exc)
+            return None
 
     def with_fallback(self, other: ModuleCache) -> FallbackCache:
         """A cache that tries this one first, then ``other`` (promoting its hits here)."""

@@ -68,7 +68,7 @@ def _compile(
         return cache.load_or_compile(engine, wasm)
 
 
-# -- commands ---------------------------------------------------------------------------------
+# -- commands ------------------------------------------------------------------------
 
 
 def cmd_run(args: argparse.Namespace, cache: FileSystemCache) -> int:
@@ -241,7 +241,7 @@ def cmd_demo(args: argparse.Namespace, cache: FileSystemCache) -> int:
         return 0 if ok else 1
 
 
-# -- parsing and dispatch -------------------------------------------------------------------------
+# -- parsing and dispatch ------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:

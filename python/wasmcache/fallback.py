@@ -32,6 +32,10 @@ class FallbackCache(ModuleCache):
             return self.primary.load(key, engine)
         except (NotFound, DeserializeError):
             pass
+        except CacheError as exc:
+            log.warning(
+                "primary cache %r failed for %s, trying the fallback: %s", self.primary, key, exc
+            )
         module = self.fallback.load(key, engine)
         try:
             self.primary.save(key, engine, module)
