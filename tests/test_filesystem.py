@@ -312,9 +312,29 @@ def test_failed_save_leaves_no_temp_file(cache, key, engine, add_module, monkeyp
         raise OSError(28, "No space left on device", str(cache.path(key, engine)))
 
     monkeypatch.setattr(wc.filesystem._core, "atomic_write", boom)
+    other = wasmtime.Module(engine, wasmtime.wat2wasm('(module (func (export "g")))'))
     with pytest.raises(wc.FileWriteError):
-        cache.save(key, engine, add_module)
+        cache.save(key, engine, other)
     assert cache.path(key, engine).read_bytes() == before
+
+
+def test_resave_keeps_identical_entry_and_replaces_others(cache, key, engine, add_module):
+    cache.save(key, engine, add_module)
+    path = cache.path(key, engine)
+    inode = path.stat().st_ino
+    cache.save(key, engine, add_module)
+    assert path.stat().st_ino == inode  # identical: kept, not rewritten
+
+    data = bytearray(path.read_bytes())
+    data[100] ^= 0xFF  # damaged payload, intact trailer: rewritten
+    path.write_bytes(data)
+    cache.save(key, engine, add_module)
+    assert path.read_bytes()[100] != data[100]
+    assert call_add(engine, cache.load(key, engine)) == 5
+
+    other = wasmtime.Module(engine, wasmtime.wat2wasm('(module (func (export "g")))'))
+    cache.save(key, engine, other)
+    assert path.read_bytes()[:-24] == bytes(other.serialize())
 
 
 # -- logging and async ------------------------------------------------------------------------

@@ -163,8 +163,9 @@ def test_file_size_limit_raises_and_keeps_older_entry(tmp_path):
         wasm = synth.data_module(4 << 20, seed=5)
         key = wc.ModuleHash.xxhash(wasm)
         module = wasmtime.Module(engine, wasm)
+        older_wasm = synth.data_module(4096, seed=6)
         cache = wc.FileSystemCache({str(tmp_path)!r})
-        cache.save(key, engine, module)
+        cache.save(key, engine, wasmtime.Module(engine, older_wasm))
         before = cache.path(key, engine).read_bytes()
         resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.RLIM_INFINITY))
         try:
@@ -180,7 +181,7 @@ def test_file_size_limit_raises_and_keeps_older_entry(tmp_path):
         assert cache.path(key, engine).read_bytes() == before
         store = wasmtime.Store(engine)
         probe = wasmtime.Instance(store, cache.load(key, engine), []).exports(store)["probe"]
-        assert probe(store, (4 << 20) - 1) == wasm[-1]
+        assert probe(store, 4095) == older_wasm[-1]
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr

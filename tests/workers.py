@@ -63,14 +63,18 @@ def stress_worker(cache_dir: str, seconds: float, seed: int, results) -> None:
 
 
 def save_forever(cache_dir: str, artifact_path: str, key_hex: str) -> None:
-    """Save one module again and again until killed (for the SIGKILL test)."""
+    """Save one module again and again, as after a miss, until killed (SIGKILL test)."""
     engine = wasmtime.Engine()
     module = wasmtime.Module.deserialize_file(engine, artifact_path)
     cache = wc.FileSystemCache(cache_dir)
     key = wc.ModuleHash.parse(key_hex)
+    path = cache.path(key, engine)
     sys.stdout.write("ready\n")
     sys.stdout.flush()
     while True:
+        # An identical entry would be kept as it is: remove it so every save writes.
+        if path.exists():
+            path.unlink()
         cache.save(key, engine, module)
 
 

@@ -113,7 +113,13 @@ class FileSystemCache(ModuleCache):
     def save(self, key: ModuleHash, engine: wasmtime.Engine, module: wasmtime.Module) -> None:
         path = self._entry_path(key, engine)
         payload = artifact_bytes(module)
-        self._write_entry(path, payload)
+        trailer = make_trailer(payload)
+        if _holds_entry(path, trailer):
+            # Replacing a big file costs more than writing it (the old one's blocks are
+            # freed in the rename); an identical entry is kept as it is.
+            log.debug("%s is already saved at %s", key, path)
+            return
+        self._write_entry(path, payload, trailer)
         log.debug("saved %s (%d bytes) to %s", key, len(payload), path)
         if self.max_bytes is not None:
             self._maybe_prune()
@@ -284,9 +290,10 @@ class FileSystemCache(ModuleCache):
 
     # -- internals -----------------------------------------------------------------------
 
-    def _write_entry(self, path: str, payload: Buffer) -> None:
+    def _write_entry(self, path: str, payload: Buffer, trailer: Optional[bytes] = None) -> None:
         """Write payload + trailer atomically, creating the folders (0700) when missing."""
-        trailer = make_trailer(payload)
+        if trailer is None:
+            trailer = make_trailer(payload)
         try:
             try:
                 _core.atomic_write(path, payload, len(payload), trailer, fsync=self.fsync)
@@ -397,6 +404,27 @@ def _decode_lzw_entry(fd: int, size: int) -> memoryview:
     if artifact[: len(ELF_MAGIC)] != ELF_MAGIC:
         raise _Corrupt("LZW stream does not hold a compiled artifact")
     return artifact
+
+
+def _holds_entry(path: str, trailer: bytes) -> bool:
+    """Whether ``path`` is already a whole entry with this trailer (length and checksum,
+    the checksum recomputed from the file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return False
+    try:
+        size = os.fstat(fd).st_size
+        if size < TRAILER_SIZE or os.pread(fd, TRAILER_SIZE, size - TRAILER_SIZE) != trailer:
+            return False
+        expected = read_trailer(trailer)
+        return expected is not None and _file_checksum(fd, size - TRAILER_SIZE) == (
+            expected.checksum
+        )
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _deserialize_file(engine: wasmtime.Engine, path: str, fd: int) -> wasmtime.Module:
