@@ -10,6 +10,10 @@ from wasmcache.errors import (
     FileReadError,
     FileWriteError,
     NotFound,
+    RemoteAccessDenied,
+    RemoteBucketNotFound,
+    RemoteError,
+    RemoteUnavailable,
     SerializeError,
 )
 from wasmcache.fallback import FallbackCache
@@ -17,6 +21,7 @@ from wasmcache.filesystem import FileSystemCache, default_cache_dir
 from wasmcache.hashing import ModuleHash
 from wasmcache.layout import CacheEntry
 from wasmcache.memory import MemoryCache
+from wasmcache.remote import ObjectStoreCache
 
 __all__ = [
     "ARTIFACT_VERSION",
@@ -31,6 +36,11 @@ __all__ = [
     "ModuleCache",
     "ModuleHash",
     "NotFound",
+    "ObjectStoreCache",
+    "RemoteAccessDenied",
+    "RemoteBucketNotFound",
+    "RemoteError",
+    "RemoteUnavailable",
     "SerializeError",
     "default_cache_dir",
     "engine_id",

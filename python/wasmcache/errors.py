@@ -42,3 +42,20 @@ class DeserializeError(CacheError):
 
 class LZWError(CacheError, ValueError):
     """An LZW stream is malformed or decodes past the output cap."""
+
+
+class RemoteError(CacheError):
+    """An object store failed; the message names the object key. ``__cause__`` is the
+    client's exception."""
+
+
+class RemoteUnavailable(RemoteError):
+    """The object store could not be reached, or kept failing (network, timeouts, 5xx)."""
+
+
+class RemoteAccessDenied(RemoteError, PermissionError):
+    """The object store refused the credentials or the operation."""
+
+
+class RemoteBucketNotFound(RemoteError):
+    """The bucket does not exist."""

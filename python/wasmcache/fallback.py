@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any
+from collections.abc import Iterator
 
 import wasmtime
 
@@ -37,6 +37,8 @@ class FallbackCache(ModuleCache):
                 "primary cache %r failed for %s, trying the fallback: %s", self.primary, key, exc
             )
         module = self.fallback.load(key, engine)
+        if self.primary.contains(key, engine):
+            return module  # the fallback already placed it there (a download to disk)
         try:
             self.primary.save(key, engine, module)
         except CacheError as exc:
@@ -54,14 +56,24 @@ class FallbackCache(ModuleCache):
             raise errors[0]
 
     def contains(self, key: ModuleHash, engine: wasmtime.Engine) -> bool:
-        return self.primary.contains(key, engine) or self.fallback.contains(key, engine)
+        if self.primary.contains(key, engine):
+            return True
+        try:
+            return self.fallback.contains(key, engine)
+        except CacheError as exc:
+            log.warning("fallback cache %r failed for %s: %s", self.fallback, key, exc)
+            return False
 
     @property
     def lock_scope(self) -> int:  # type: ignore[override]
         return max(self.primary.lock_scope, self.fallback.lock_scope)
 
-    def compile_lock(
-        self, key: ModuleHash, engine: wasmtime.Engine
-    ) -> contextlib.AbstractContextManager[Any]:
-        widest = max((self.primary, self.fallback), key=lambda cache: cache.lock_scope)
-        return widest.compile_lock(key, engine)
+    @contextlib.contextmanager
+    def compile_lock(self, key: ModuleHash, engine: wasmtime.Engine) -> Iterator[None]:
+        """The locks of the parts that reach beyond this process, primary first (say the
+        machine-wide file lock, then the fleet-wide lease); the primary's if none do."""
+        parts = [c for c in (self.primary, self.fallback) if c.lock_scope > 0] or [self.primary]
+        with contextlib.ExitStack() as stack:
+            for cache in parts:
+                stack.enter_context(cache.compile_lock(key, engine))
+            yield

@@ -7,9 +7,10 @@ import errno
 import logging
 import mmap
 import os
+import secrets
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Optional, Union
 
@@ -163,6 +164,55 @@ class FileSystemCache(ModuleCache):
         finally:
             os.close(fd)
         log.debug("hit %s at %s", key, path)
+        return module
+
+    def receive(
+        self, key: ModuleHash, engine: wasmtime.Engine, chunks: Iterable[Buffer]
+    ) -> wasmtime.Module:
+        """Store an entry that arrives in pieces (a download) and load it: the pieces go
+        to a temp file in the entry's folder, which is verified (format, length, XXH3-64)
+        before it is renamed into place. A bad or partial stream is never kept:
+        DeserializeError for bad content, FileWriteError for local trouble; any error
+        raised by ``chunks`` itself passes through."""
+        path = self._entry_path(key, engine)
+        folder, name = os.path.split(path)
+        temp = os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            try:
+                fd = os.open(temp, flags | getattr(os, "O_CLOEXEC", 0), 0o644)
+            except FileNotFoundError:
+                self._make_folders(folder)
+                fd = os.open(temp, flags | getattr(os, "O_CLOEXEC", 0), 0o644)
+        except OSError as exc:
+            raise FileWriteError(f"cannot write cache entry {path}: {exc.strerror}", path) from exc
+        try:
+            try:
+                for chunk in chunks:
+                    _write_all(fd, memoryview(chunk))
+                size = os.fstat(fd).st_size
+                if _inspect(fd, size, verify=True) != "trailer":
+                    raise _Corrupt("not an entry in wasmcache's format")
+                os.rename(temp, path)
+            except OSError as exc:
+                raise FileWriteError(
+                    f"cannot write cache entry {path}: {exc.strerror}", path
+                ) from exc
+            module = _deserialize_file(engine, path, fd)
+        except _Corrupt as exc:
+            # Renamed into place only to be rejected by wasmtime: remove it there.
+            current = _stat_or_none(path)
+            placed = current is not None and os.path.samestat(os.fstat(fd), current)
+            _unlink_quietly(path if placed else temp)
+            raise DeserializeError(f"received a corrupt entry for {key}: {exc}") from (
+                exc.__cause__
+            )
+        except BaseException:
+            _unlink_quietly(temp)
+            raise
+        finally:
+            os.close(fd)
+        log.debug("received %s (%d bytes) at %s", key, size, path)
         return module
 
     # -- housekeeping --------------------------------------------------------------------
@@ -404,6 +454,24 @@ def _decode_lzw_entry(fd: int, size: int) -> memoryview:
     if artifact[: len(ELF_MAGIC)] != ELF_MAGIC:
         raise _Corrupt("LZW stream does not hold a compiled artifact")
     return artifact
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        written = os.write(fd, data)
+        data = data[written:]
+
+
+def _stat_or_none(path: str) -> Optional[os.stat_result]:
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
+
+
+def _unlink_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 
 def _holds_entry(path: str, trailer: bytes) -> bool:

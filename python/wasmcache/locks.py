@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import Optional
 
@@ -15,12 +16,35 @@ try:
 except ImportError:  # pragma: no cover - not POSIX
     fcntl = None  # type: ignore[assignment]
 
-_STRIPES = [threading.Lock() for _ in range(64)]
+
+class NamedLock:
+    """A lock shared by everyone who asks :func:`thread_lock` for the same name."""
+
+    __slots__ = ("__weakref__", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> NamedLock:
+        self._lock.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
 
 
-def thread_lock(name: str) -> threading.Lock:
-    """One of a fixed pool of locks, chosen by name: equal names share a lock."""
-    return _STRIPES[hash(name) % len(_STRIPES)]
+_named: weakref.WeakValueDictionary[str, NamedLock] = weakref.WeakValueDictionary()
+_named_guard = threading.Lock()
+
+
+def thread_lock(name: str) -> NamedLock:
+    """The lock of ``name`` in this process: equal names share one lock, different names
+    never do (so locks taken in a fixed order cannot deadlock). It lives while in use."""
+    with _named_guard:
+        lock = _named.get(name)
+        if lock is None:
+            lock = _named[name] = NamedLock()
+        return lock
 
 
 @contextlib.contextmanager
