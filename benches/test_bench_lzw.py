@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import subprocess
 
-import pure_lzw
 import pytest
 
+import pure_lzw
 from conftest import best_of, record, weezl_binary
 from wasmcache import lzw
 

@@ -69,33 +69,17 @@ static inline void copy_string(uint8_t *dst, const uint8_t *src, size_t n) {
     dst[n - 1] = src[n - 1];
 }
 
-typedef struct {
-    const uint8_t *in;
-    size_t in_len;
-    size_t in_pos;
-    uint64_t bits;   /* unread bits, left-aligned */
-    unsigned nbits;
-} bit_reader;
-
-static inline void reader_refill(bit_reader *br) {
-    if (br->in_len - br->in_pos >= 8) {
-        uint64_t word = 0;
-        for (unsigned k = 0; k < 8; k++) word = (word << 8) | br->in[br->in_pos + k];
-        unsigned take = (64 - br->nbits) / 8;
-        /* take is 0..8; a shift by 64 is undefined, so 8 is handled apart. */
-        if (take == 8) {
-            br->bits = word;
-        } else if (take > 0) {
-            br->bits |= (word >> (64 - 8 * take)) << (64 - br->nbits - 8 * take);
-        }
-        br->in_pos += take;
-        br->nbits += 8 * take;
-        return;
-    }
-    while (br->nbits <= 56 && br->in_pos < br->in_len) {
-        br->bits |= (uint64_t)br->in[br->in_pos++] << (56 - br->nbits);
-        br->nbits += 8;
-    }
+/* Eight bytes as a big-endian number (the stream packs codes most-significant bit first). */
+static inline uint64_t load_be64(const uint8_t *p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    v = __builtin_bswap64(v);
+#elif !(defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__)
+    v = 0;
+    for (unsigned k = 0; k < 8; k++) v = (v << 8) | p[k];
+#endif
+    return v;
 }
 
 int wmc_lzw_decode(const uint8_t *in, size_t in_len, size_t max_out,
@@ -106,56 +90,66 @@ int wmc_lzw_decode(const uint8_t *in, size_t in_len, size_t max_out,
     *out_data = NULL;
     *out_len = 0;
     *err_offset = 0;
+    if (in_len > SIZE_MAX / 8) return WMC_ERR_ARGUMENT;
     if (max_out > SIZE_MAX - PREFIX - COPY_SLACK) max_out = SIZE_MAX - PREFIX - COPY_SLACK;
 
-    size_t *start = malloc(LZW_MAX_CODES * sizeof *start);
-    uint16_t *length = malloc(LZW_MAX_CODES * sizeof *length);
+    /* Each code's string as (offset in the output << 16 | length). */
+    uint64_t *table = malloc(LZW_MAX_CODES * sizeof *table);
     out_buffer ob = {NULL, PREFIX, 0, max_out + PREFIX};
     size_t first_cap = in_len > SIZE_MAX / 8 ? SIZE_MAX / 8 : in_len * 3;
     if (first_cap < 4096) first_cap = 4096;
     if (first_cap > max_out) first_cap = max_out;
     first_cap += PREFIX;
-    if (start && length) {
+    if (table) {
         ob.data = malloc(first_cap + COPY_SLACK);
         ob.cap = first_cap;
     }
-    int status = WMC_OK;
-    if (!start || !length || !ob.data) {
-        status = WMC_ERR_NOMEM;
-        goto done;
+    if (!table || !ob.data) {
+        free(table);
+        free(ob.data);
+        return WMC_ERR_NOMEM;
     }
     for (unsigned c = 0; c < 256; c++) {
         ob.data[c] = (uint8_t)c;
-        start[c] = c;
-        length[c] = 1;
+        table[c] = (uint64_t)c << 16 | 1u;
     }
 
-    bit_reader br = {in, in_len, 0, 0, 0};
+    /* Codes are read with one 8-byte load at the bit position; the last bytes of the input
+     * are read from a zero-padded copy so no load runs past the input. */
+    const size_t total_bits = in_len * 8;
+    const size_t fast_end = in_len >= 8 ? (in_len - 8) * 8 + 1 : 0;
+    const size_t tail_base = in_len >= 8 ? in_len - 8 : 0;
+    uint8_t tail[16] = {0};
+    if (in_len) memcpy(tail, in + tail_base, in_len - tail_base);
+
+    size_t bitpos = 0;
     unsigned width = LZW_MIN_WIDTH;
     unsigned next = LZW_FIRST_FREE;
     unsigned bump_at = (1u << LZW_MIN_WIDTH) - 1; /* widen after adding this entry */
     unsigned highest_valid = LZW_FIRST_FREE - 1;  /* codes above it are invalid */
     int have_prev = 0;                            /* a code was decoded since the clear */
+    uint8_t *out = ob.data;
+    size_t pos = PREFIX, cap = ob.cap;
+    int status = WMC_OK;
 
     for (;;) {
-        if (br.nbits < width) {
-            reader_refill(&br);
-            if (br.nbits < width) {
-                *err_offset = in_len;
-                status = WMC_ERR_LZW_NO_END;
-                break;
-            }
+        if (bitpos + width > total_bits) {
+            *err_offset = in_len;
+            status = WMC_ERR_LZW_NO_END;
+            break;
         }
-        unsigned code = (unsigned)(br.bits >> (64 - width));
-        br.bits <<= width;
-        br.nbits -= width;
+        uint64_t word = bitpos < fast_end ? load_be64(in + (bitpos >> 3))
+                                          : load_be64(tail + ((bitpos >> 3) - tail_base));
+        unsigned code = (unsigned)((word << (bitpos & 7)) >> (64 - width));
+        size_t code_start = bitpos;
+        bitpos += width;
 
         if (code > highest_valid) {
-            *err_offset = (br.in_pos * 8 - br.nbits - width) / 8;
+            *err_offset = code_start / 8;
             status = WMC_ERR_LZW_CODE;
             break;
         }
-        if (code == LZW_CLEAR || code == LZW_END) {
+        if (code - LZW_CLEAR < 2u) {
             if (code == LZW_END) break;
             width = LZW_MIN_WIDTH;
             next = LZW_FIRST_FREE;
@@ -165,44 +159,48 @@ int wmc_lzw_decode(const uint8_t *in, size_t in_len, size_t max_out,
             continue;
         }
 
-        size_t pos = ob.len;
-        size_t code_len = length[code];
-        if (code_len > ob.cap - pos && (status = out_grow(&ob, code_len)) != WMC_OK) {
-            *err_offset = (br.in_pos * 8 - br.nbits - width) / 8;
-            break;
-        }
-        copy_string(ob.data + pos, ob.data + start[code], code_len);
-        ob.len = pos + code_len;
-
-        if (have_prev && next < LZW_MAX_CODES) {
-            if (next == bump_at && width < LZW_MAX_WIDTH) {
-                width++;
-                bump_at = (1u << width) - 1;
+        uint64_t entry = table[code];
+        size_t code_len = (size_t)(entry & 0xFFFFu);
+        if (code_len > cap - pos) {
+            ob.len = pos;
+            if ((status = out_grow(&ob, code_len)) != WMC_OK) {
+                *err_offset = code_start / 8;
+                break;
             }
-            next++;
+            out = ob.data;
+            cap = ob.cap;
         }
-        /* Entry `next` is always "the previous string + one byte", whatever code comes
-         * next, so it is set now; that also makes the KwKwK code (== next) valid. */
+        copy_string(out + pos, out + (size_t)(entry >> 16), code_len);
+
         if (next < LZW_MAX_CODES) {
-            start[next] = pos;
-            length[next] = (uint16_t)(code_len + 1);
-            highest_valid = next;
-        } else {
-            highest_valid = LZW_MAX_CODES - 1;
+            if (have_prev) { /* the entry set by the previous code is now in the table */
+                if (next == bump_at && width < LZW_MAX_WIDTH) {
+                    width++;
+                    bump_at = (1u << width) - 1;
+                }
+                next++;
+            }
+            /* Entry `next` is always "this string + one byte", whatever code comes next,
+             * so it is set now; that also makes the KwKwK code (== next) valid. */
+            if (next < LZW_MAX_CODES) {
+                table[next] = (uint64_t)pos << 16 | (uint64_t)(code_len + 1);
+                highest_valid = next;
+            } else {
+                highest_valid = LZW_MAX_CODES - 1;
+            }
         }
         have_prev = 1;
+        pos += code_len;
     }
 
-done:
-    free(start);
-    free(length);
+    free(table);
     if (status != WMC_OK) {
         free(ob.data);
         return status;
     }
     *out_buf = ob.data;
     *out_data = ob.data + PREFIX;
-    *out_len = ob.len - PREFIX;
+    *out_len = pos - PREFIX;
     return WMC_OK;
 }
 

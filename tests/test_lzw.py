@@ -11,37 +11,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from lzw_codes import CLEAR, END, pack
 from wasmcache import CacheError, lzw
 
 VECTORS = json.loads((Path(__file__).parent / "data" / "lzw_vectors.json").read_text())
 WEEZL_REF = Path(__file__).resolve().parent.parent / "tools/weezl-ref/target/release/weezl-ref"
-
-CLEAR, END = 256, 257
-
-
-def pack(codes: list[int]) -> bytes:
-    """Pack codes MSB first at the widths a weezl decoder reads them."""
-    bits, nbits, out = 0, 0, bytearray()
-    width, next_free, have_prev = 9, 258, False
-    for code in codes:
-        bits = (bits << width) | code
-        nbits += width
-        while nbits >= 8:
-            nbits -= 8
-            out.append((bits >> nbits) & 0xFF)
-        if code == CLEAR:
-            width, next_free, have_prev = 9, 258, False
-        elif code == END:
-            break
-        else:
-            if have_prev and next_free < 4096:
-                if next_free == (1 << width) - 1 and width < 12:
-                    width += 1
-                next_free += 1
-            have_prev = True
-    if nbits:
-        out.append((bits << (8 - nbits)) & 0xFF)
-    return bytes(out)
 
 
 def reference_decode(data: bytes) -> bytes:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import wasmtime
-import workers
 
 import wasmcache as wc
+import workers
 from wasmcache import synth
 from wasmcache.artifact import ENTRY_NAME, TEMP_NAME
 

@@ -13,14 +13,16 @@ from __future__ import annotations
 import json
 import random
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from lzw_codes import CLEAR, END, pack  # noqa: E402  (the tests' code packer)
+
 WEEZL_DIR = ROOT / "tools" / "weezl-ref"
 WEEZL = WEEZL_DIR / "target" / "release" / "weezl-ref"
 OUTPUT = ROOT / "tests" / "data" / "lzw_vectors.json"
-
-CLEAR, END = 256, 257
 
 # weezl 0.1.5 rejects a stream without a leading clear code; weezl 0.1.7 and later accept
 # it with the initial table, which is what wasmcache follows. The expected output of these
@@ -40,31 +42,6 @@ def build_weezl() -> None:
 def weezl(command: str, data: bytes) -> bytes | None:
     done = subprocess.run([str(WEEZL), command], input=data, capture_output=True)
     return done.stdout if done.returncode == 0 else None
-
-
-def pack(codes: list[int]) -> bytes:
-    """Pack codes MSB first with the widths a weezl decoder reads them at."""
-    bits, nbits, out = 0, 0, bytearray()
-    width, next_free, have_prev = 9, 258, False
-    for code in codes:
-        bits = (bits << width) | code
-        nbits += width
-        while nbits >= 8:
-            nbits -= 8
-            out.append((bits >> nbits) & 0xFF)
-        if code == CLEAR:
-            width, next_free, have_prev = 9, 258, False
-        elif code == END:
-            break
-        else:
-            if have_prev and next_free < 4096:
-                if next_free == (1 << width) - 1 and width < 12:
-                    width += 1
-                next_free += 1
-            have_prev = True
-    if nbits:
-        out.append((bits << (8 - nbits)) & 0xFF)
-    return bytes(out)
 
 
 def sample_inputs() -> dict[str, bytes]:

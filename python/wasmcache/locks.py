@@ -47,16 +47,19 @@ def thread_lock(name: str) -> NamedLock:
         return lock
 
 
+def _open_lock_file(path: str) -> Optional[int]:
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+    except OSError:
+        return None
+
+
 @contextlib.contextmanager
 def file_lock(path: str) -> Iterator[Optional[int]]:
     """Hold an exclusive flock on ``path`` (created if missing) for the block. Yields None
     without locking when the file cannot be created (a read-only cache still works)."""
-    if fcntl is None:
-        yield None
-        return
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
-    except OSError:
+    fd = _open_lock_file(path) if fcntl is not None else None
+    if fd is None:
         yield None
         return
     try:
@@ -72,9 +75,8 @@ def try_file_lock(path: str) -> Iterator[bool]:
     if fcntl is None:
         yield True
         return
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
-    except OSError:
+    fd = _open_lock_file(path)
+    if fd is None:
         yield False
         return
     try:
