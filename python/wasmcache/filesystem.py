@@ -7,7 +7,6 @@ import errno
 import logging
 import mmap
 import os
-import secrets
 import stat
 import time
 from collections.abc import Iterable, Iterator
@@ -176,7 +175,7 @@ class FileSystemCache(ModuleCache):
         raised by ``chunks`` itself passes through."""
         path = self._entry_path(key, engine)
         folder, name = os.path.split(path)
-        temp = os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
+        temp = os.path.join(folder, f".{name}.{os.getpid()}.{os.urandom(8).hex()}.tmp")
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
         try:
             try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import re
 from typing import Any, Union
 
@@ -45,6 +44,8 @@ class ModuleHash:
 
     @classmethod
     def sha256(cls, data: Buffer) -> ModuleHash:
+        import hashlib  # imported on first use: slow to import
+
         return cls("sha256", hashlib.sha256(data).digest())
 
     @classmethod

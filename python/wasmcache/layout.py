@@ -6,12 +6,11 @@ left alone.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Union
+from typing import NamedTuple, Union
 
 from wasmcache.artifact import ENTRY_NAME, TEMP_NAME
 from wasmcache.hashing import ModuleHash
@@ -20,8 +19,7 @@ ENGINE_FOLDER = re.compile(r"[A-Za-z0-9._-]+-v[0-9]+")
 LOCK_NAME = re.compile(r"\.(?:[0-9A-F]{16}|[0-9A-F]{64})\.lock")
 
 
-@dataclasses.dataclass(frozen=True)
-class CacheEntry:
+class CacheEntry(NamedTuple):
     """One entry file of a FileSystemCache."""
 
     path: Path

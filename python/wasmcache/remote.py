@@ -9,10 +9,8 @@ hit. Needs the ``s3`` extra (obstore, a small native client of the Rust object_s
 from __future__ import annotations
 
 import contextlib
-import datetime
 import logging
 import os
-import socket
 import time
 from collections.abc import Iterator
 from typing import Any, Optional, Union
@@ -136,6 +134,8 @@ class ObjectStoreCache(ModuleCache):
                 client["allow_http"] = allow_http
             elif endpoint is not None and endpoint.startswith("http://"):
                 client["allow_http"] = True
+            import datetime
+
             retry = {
                 "max_retries": max_retries,
                 "retry_timeout": datetime.timedelta(seconds=max(timeout, 1.0)),
@@ -230,6 +230,8 @@ class ObjectStoreCache(ModuleCache):
     def _take_lease(
         self, obstore: Any, key: ModuleHash, engine: wasmtime.Engine, lease: str
     ) -> bool:
+        import socket
+
         from obstore import exceptions as ox
 
         owner = f"{socket.gethostname()} pid {os.getpid()} at {time.time():.0f}".encode()
