@@ -124,7 +124,7 @@ def record(
     **extra,
 ) -> None:
     """Put sizes, MB/s and the ratio to the baseline (both measured in this run) into
-    extra_info. ``target`` is the ratio the issue asks for, recorded beside the result."""
+    extra_info. ``target`` is the ratio wasmcache aims for, recorded beside the result."""
     best = benchmark.stats.stats.min
     info = benchmark.extra_info
     info["dataset"] = ds.name
