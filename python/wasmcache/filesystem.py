@@ -505,7 +505,9 @@ def _deserialize_file(engine: wasmtime.Engine, path: str, fd: int) -> wasmtime.M
 def _file_checksum(fd: int, length: int) -> Optional[int]:
     if length == 0:
         return checksum(b"")
-    with mmap.mmap(fd, length, access=mmap.ACCESS_READ) as mapped:
+    # MAP_POPULATE maps the whole file in one call instead of a fault per page.
+    flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+    with mmap.mmap(fd, length, flags=flags, prot=mmap.PROT_READ) as mapped:
         view = memoryview(mapped)
         try:
             return checksum(view)
