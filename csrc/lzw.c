@@ -123,23 +123,28 @@ int wmc_lzw_decode(const uint8_t *in, size_t in_len, size_t max_out,
     if (in_len) memcpy(tail, in + tail_base, in_len - tail_base);
 
     size_t bitpos = 0;
+    /* After a clear, `next` starts one below the first free code: the first code then
+     * "adds" slot 257 (never read: 257 is the end code) and every later code adds the slot
+     * the code before it prepared, so no flag is needed for "first code since the clear". */
     unsigned width = LZW_MIN_WIDTH;
-    unsigned next = LZW_FIRST_FREE;
+    unsigned next = LZW_FIRST_FREE - 1;
     unsigned bump_at = (1u << LZW_MIN_WIDTH) - 1; /* widen after adding this entry */
     unsigned highest_valid = LZW_FIRST_FREE - 1;  /* codes above it are invalid */
-    int have_prev = 0;                            /* a code was decoded since the clear */
     uint8_t *out = ob.data;
     size_t pos = PREFIX, cap = ob.cap;
     int status = WMC_OK;
 
     for (;;) {
-        if (bitpos + width > total_bits) {
+        uint64_t word;
+        if (bitpos < fast_end) { /* 8 bytes from here: more bits than any code needs */
+            word = load_be64(in + (bitpos >> 3));
+        } else if (bitpos + width <= total_bits) {
+            word = load_be64(tail + ((bitpos >> 3) - tail_base));
+        } else {
             *err_offset = in_len;
             status = WMC_ERR_LZW_NO_END;
             break;
         }
-        uint64_t word = bitpos < fast_end ? load_be64(in + (bitpos >> 3))
-                                          : load_be64(tail + ((bitpos >> 3) - tail_base));
         unsigned code = (unsigned)((word << (bitpos & 7)) >> (64 - width));
         size_t code_start = bitpos;
         bitpos += width;
@@ -152,10 +157,9 @@ int wmc_lzw_decode(const uint8_t *in, size_t in_len, size_t max_out,
         if (code - LZW_CLEAR < 2u) {
             if (code == LZW_END) break;
             width = LZW_MIN_WIDTH;
-            next = LZW_FIRST_FREE;
+            next = LZW_FIRST_FREE - 1;
             bump_at = (1u << LZW_MIN_WIDTH) - 1;
             highest_valid = LZW_FIRST_FREE - 1;
-            have_prev = 0;
             continue;
         }
 
@@ -173,13 +177,12 @@ int wmc_lzw_decode(const uint8_t *in, size_t in_len, size_t max_out,
         copy_string(out + pos, out + (size_t)(entry >> 16), code_len);
 
         if (next < LZW_MAX_CODES) {
-            if (have_prev) { /* the entry set by the previous code is now in the table */
-                if (next == bump_at && width < LZW_MAX_WIDTH) {
-                    width++;
-                    bump_at = (1u << width) - 1;
-                }
-                next++;
+            /* The entry the previous code prepared is now in the table. */
+            if (next == bump_at && width < LZW_MAX_WIDTH) {
+                width++;
+                bump_at = (1u << width) - 1;
             }
+            next++;
             /* Entry `next` is always "this string + one byte", whatever code comes next,
              * so it is set now; that also makes the KwKwK code (== next) valid. */
             if (next < LZW_MAX_CODES) {
@@ -189,7 +192,6 @@ int wmc_lzw_decode(const uint8_t *in, size_t in_len, size_t max_out,
                 highest_valid = LZW_MAX_CODES - 1;
             }
         }
-        have_prev = 1;
         pos += code_len;
     }
 
