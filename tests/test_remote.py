@@ -67,38 +67,28 @@ def aws_env(monkeypatch):
         monkeypatch.setenv(name, value)
 
 
+@pytest.fixture(scope="session")
+def s3(s3_endpoint):
+    """A boto3 client of the test server, for setting up and tampering with objects."""
+    return boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
+
+
 _bucket_count = 0
 
 
 @pytest.fixture
-def bucket(s3_endpoint):
+def bucket(s3):
     global _bucket_count
     _bucket_count += 1
     name = f"wasmcache-test-{os.getpid()}-{_bucket_count}"
-    client().create_bucket(Bucket=name)
+    s3.create_bucket(Bucket=name)
     return name
-
-
-def client():
-    endpoint = os.environ.get("WASMCACHE_TEST_S3") or _ENDPOINT[0]
-    return boto3.client("s3", endpoint_url=endpoint, **_boto_credentials())
-
-
-_ENDPOINT: list[str] = []
-
-
-@pytest.fixture(autouse=True)
-def _remember_endpoint(request):
-    if "s3_endpoint" in request.fixturenames:
-        _ENDPOINT[:] = [request.getfixturevalue("s3_endpoint")]
-
-
-def _boto_credentials():
-    return {
-        "aws_access_key_id": "testing",
-        "aws_secret_access_key": "testing",
-        "region_name": "us-east-1",
-    }
 
 
 def remote(endpoint, bucket, tmp_path, name="local", **options) -> wc.ObjectStoreCache:
@@ -113,14 +103,14 @@ def remote(endpoint, bucket, tmp_path, name="local", **options) -> wc.ObjectStor
     )
 
 
-def test_save_on_one_machine_load_on_another(s3_endpoint, bucket, tmp_path, engine, add_wasm):
+def test_save_on_one_machine_load_on_another(s3_endpoint, s3, bucket, tmp_path, engine, add_wasm):
     key = wc.ModuleHash.xxhash(add_wasm)
     first = remote(s3_endpoint, bucket, tmp_path, "machine-a")
     assert not first.contains(key, engine)
     first.save(key, engine, wasmtime.Module(engine, add_wasm))
     assert first.contains(key, engine)
 
-    objects = client().list_objects_v2(Bucket=bucket)["Contents"]
+    objects = s3.list_objects_v2(Bucket=bucket)["Contents"]
     assert [o["Key"] for o in objects] == [f"fleet/{wc.engine_id(engine)}-v1/{key}.bin"]
 
     second = remote(s3_endpoint, bucket, tmp_path, "machine-b")
@@ -153,19 +143,19 @@ def test_missing_object_is_not_found(s3_endpoint, bucket, tmp_path, engine, key)
     "damage", ["garbage", "truncated", "flipped", "bare_artifact"], ids=lambda d: d
 )
 def test_corrupt_object_is_never_loaded_or_kept(
-    s3_endpoint, bucket, tmp_path, engine, add_module, key, damage
+    s3_endpoint, s3, bucket, tmp_path, engine, add_module, key, damage
 ):
     cache = remote(s3_endpoint, bucket, tmp_path)
     cache.save(key, engine, add_module)
     name = cache.object_key(key, engine)
-    good = client().get_object(Bucket=bucket, Key=name)["Body"].read()
+    good = s3.get_object(Bucket=bucket, Key=name)["Body"].read()
     bad = {
         "garbage": b"not an artifact" * 100,
         "truncated": good[: len(good) // 2],
         "flipped": good[:500] + bytes([good[500] ^ 1]) + good[501:],
         "bare_artifact": good[:-24],
     }[damage]
-    client().put_object(Bucket=bucket, Key=name, Body=bad)
+    s3.put_object(Bucket=bucket, Key=name, Body=bad)
     with pytest.raises(wc.DeserializeError) as info:
         cache.load(key, engine)
     assert str(key) in str(info.value)

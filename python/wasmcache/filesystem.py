@@ -474,8 +474,7 @@ def _unlink_quietly(path: str) -> None:
 
 
 def _holds_entry(path: str, trailer: bytes) -> bool:
-    """Whether ``path`` is already a whole entry with this trailer (length and checksum,
-    the checksum recomputed from the file)."""
+    """Whether ``path`` is already a whole, checked entry with exactly this trailer."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except OSError:
@@ -484,11 +483,8 @@ def _holds_entry(path: str, trailer: bytes) -> bool:
         size = os.fstat(fd).st_size
         if size < TRAILER_SIZE or os.pread(fd, TRAILER_SIZE, size - TRAILER_SIZE) != trailer:
             return False
-        expected = read_trailer(trailer)
-        return expected is not None and _file_checksum(fd, size - TRAILER_SIZE) == (
-            expected.checksum
-        )
-    except OSError:
+        return _inspect(fd, size, verify=True) == "trailer"
+    except (OSError, _Corrupt):
         return False
     finally:
         os.close(fd)
@@ -502,7 +498,7 @@ def _deserialize_file(engine: wasmtime.Engine, path: str, fd: int) -> wasmtime.M
         raise _Corrupt(f"wasmtime rejected the artifact: {exc}") from exc
 
 
-def _file_checksum(fd: int, length: int) -> Optional[int]:
+def _file_checksum(fd: int, length: int) -> int:
     if length == 0:
         return checksum(b"")
     # MAP_POPULATE maps the whole file in one call instead of a fault per page.

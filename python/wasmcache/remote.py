@@ -266,7 +266,7 @@ class ObjectStoreCache(ModuleCache):
                 meta = obstore.head(self._store, lease)
             except ox.NotFoundError:
                 return False  # released without an entry: try to take it
-            except (CacheError, Exception) as exc:
+            except Exception as exc:
                 log.warning("waiting for lease %s failed: %s", lease, exc)
                 return True  # give up waiting; the caller compiles or loads itself
             age = time.time() - meta["last_modified"].timestamp()
