@@ -72,7 +72,7 @@ def dataset(request, tmp_path_factory) -> Dataset:
     name = request.param
     wasm = DATASETS[name]()
     engine = wasmtime.Engine()
-    key = wc.ModuleHash.xxhash(wasm)
+    key = wc.ModuleHash.sha256(wasm)
     keep = wc.FileSystemCache(BENCH_CACHE)
     compile_seconds = float("nan")
     try:

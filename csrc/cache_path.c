@@ -1,10 +1,15 @@
-/* Build "<dir>/<engine id>-v<version>/<HEX>.bin" with checked components. */
+/*
+ * The two names the C core builds: an entry's path "<dir>/<engine id>-v<version>/<HEX>.bin"
+ * and a temp file's path "<folder>/.<name>.<pid>.<16 hex>.tmp". Every size is checked
+ * before it is added, so no length can wrap.
+ */
 #include "wasmcache.h"
 
-#include <stdio.h>
 #include <string.h>
 
 #define MAX_DIGEST 64
+static const char hex_upper[] = "0123456789ABCDEF";
+static const char hex_lower[] = "0123456789abcdef";
 
 static int engine_id_ok(const char *s, size_t n) {
     if (n == 0) return 0;
@@ -18,10 +23,28 @@ static int engine_id_ok(const char *s, size_t n) {
     return 1;
 }
 
+/* *total += n, or 0 if that would wrap. */
+static int add_size(size_t *total, size_t n) {
+    if (n > SIZE_MAX - *total) return 0;
+    *total += n;
+    return 1;
+}
+
+/* Decimal digits of v into buf (at least 20 bytes, no NUL); returns how many. */
+static size_t put_decimal(char *buf, uint64_t v) {
+    char rev[20];
+    size_t n = 0;
+    do {
+        rev[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    for (size_t i = 0; i < n; i++) buf[i] = rev[n - 1 - i];
+    return n;
+}
+
 int wmc_cache_path(const char *dir, size_t dir_len, const char *engine_id, size_t engine_id_len,
                    uint32_t version, const uint8_t *digest, size_t digest_len,
                    char *out, size_t out_cap, size_t *out_len) {
-    static const char hex[] = "0123456789ABCDEF";
     if (!dir || !engine_id || !digest || !out || !out_len) return WMC_ERR_ARGUMENT;
     if (digest_len == 0 || digest_len > MAX_DIGEST) return WMC_ERR_ARGUMENT;
     if (dir_len == 0 || memchr(dir, '\0', dir_len) != NULL) return WMC_ERR_PATH_COMPONENT;
@@ -31,13 +54,15 @@ int wmc_cache_path(const char *dir, size_t dir_len, const char *engine_id, size_
     while (dir_len > 1 && dir[dir_len - 1] == '/') dir_len--;
     int root = dir_len == 1 && dir[0] == '/';
 
-    char version_text[16];
-    int vlen = snprintf(version_text, sizeof version_text, "%lu", (unsigned long)version);
-    if (vlen <= 0) return WMC_ERR_ARGUMENT;
+    char version_text[20];
+    size_t vlen = put_decimal(version_text, version);
 
-    size_t need = dir_len + (root ? 0 : 1) + engine_id_len + 2 + (size_t)vlen + 1 +
-                  2 * digest_len + 4;
-    if (need + 1 > out_cap || need < dir_len) return WMC_ERR_PATH_TOO_LONG;
+    /* dir [/] engine_id -v version / HEX .bin NUL */
+    size_t need = dir_len;
+    if (!add_size(&need, (root ? 0u : 1u) + 2u + 1u + 4u + 1u) || !add_size(&need, engine_id_len) ||
+        !add_size(&need, vlen) || !add_size(&need, 2 * digest_len))
+        return WMC_ERR_PATH_TOO_LONG;
+    if (need > out_cap) return WMC_ERR_PATH_TOO_LONG;
 
     char *p = out;
     memcpy(p, dir, dir_len);
@@ -47,14 +72,60 @@ int wmc_cache_path(const char *dir, size_t dir_len, const char *engine_id, size_
     p += engine_id_len;
     *p++ = '-';
     *p++ = 'v';
-    memcpy(p, version_text, (size_t)vlen);
+    memcpy(p, version_text, vlen);
     p += vlen;
     *p++ = '/';
     for (size_t i = 0; i < digest_len; i++) {
-        *p++ = hex[digest[i] >> 4];
-        *p++ = hex[digest[i] & 15];
+        *p++ = hex_upper[digest[i] >> 4];
+        *p++ = hex_upper[digest[i] & 15];
     }
     memcpy(p, ".bin", 4);
+    p += 4;
+    *p = '\0';
+    *out_len = (size_t)(p - out);
+    return WMC_OK;
+}
+
+int wmc_temp_path(const char *target, size_t target_len, uint64_t pid, uint64_t suffix,
+                  char *out, size_t out_cap, size_t *out_len) {
+    if (!target || !out || !out_len) return WMC_ERR_ARGUMENT;
+    if (target_len == 0 || target[target_len - 1] == '/' ||
+        memchr(target, '\0', target_len) != NULL)
+        return WMC_ERR_PATH_COMPONENT;
+
+    const char *slash = NULL;
+    for (size_t i = target_len; i > 0; i--) {
+        if (target[i - 1] == '/') {
+            slash = target + i - 1;
+            break;
+        }
+    }
+    size_t dir_len = slash ? (size_t)(slash - target) + 1 : 0; /* with its '/' */
+    const char *name = target + dir_len;
+    size_t name_len = target_len - dir_len;
+
+    char pid_text[20];
+    size_t pid_len = put_decimal(pid_text, pid);
+
+    /* folder/ . name . pid . 16 hex .tmp NUL */
+    size_t need = dir_len;
+    if (!add_size(&need, name_len) || !add_size(&need, pid_len) ||
+        !add_size(&need, 1u + 1u + 1u + 16u + 4u + 1u))
+        return WMC_ERR_PATH_TOO_LONG;
+    if (need > out_cap) return WMC_ERR_PATH_TOO_LONG;
+
+    char *p = out;
+    memcpy(p, target, dir_len);
+    p += dir_len;
+    *p++ = '.';
+    memcpy(p, name, name_len);
+    p += name_len;
+    *p++ = '.';
+    memcpy(p, pid_text, pid_len);
+    p += pid_len;
+    *p++ = '.';
+    for (int shift = 60; shift >= 0; shift -= 4) *p++ = hex_lower[(suffix >> shift) & 15];
+    memcpy(p, ".tmp", 4);
     p += 4;
     *p = '\0';
     *out_len = (size_t)(p - out);

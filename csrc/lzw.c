@@ -27,6 +27,22 @@
 
 void wmc_free(void *p) { free(p); }
 
+const char *wmc_strerror(int status) {
+    switch (status) {
+    case WMC_OK: return "success";
+    case WMC_ERR_NOMEM: return "out of memory";
+    case WMC_ERR_ARGUMENT: return "invalid argument";
+    case WMC_ERR_OS: return "system call failed";
+    case WMC_ERR_LZW_CODE: return "invalid LZW code";
+    case WMC_ERR_LZW_NO_END: return "LZW stream ends without an end code";
+    case WMC_ERR_LZW_TOO_LARGE: return "LZW stream decodes past the output cap";
+    case WMC_ERR_LZW_NOT_ELF: return "LZW stream does not hold one whole ELF image";
+    case WMC_ERR_PATH_COMPONENT: return "unsafe or empty path component";
+    case WMC_ERR_PATH_TOO_LONG: return "path too long";
+    default: return "unknown status";
+    }
+}
+
 /* ---------------------------------------------------------------- decoder */
 
 /* The output buffer starts with the 256 byte values in order, so that a literal code c is
@@ -82,7 +98,31 @@ static inline uint64_t load_be64(const uint8_t *p) {
     return v;
 }
 
-int wmc_lzw_decode(const uint8_t *in, size_t in_len, size_t max_out,
+/* Bytes of an ELF file header wanted before its image's extent is known. */
+#define ELF_HEADER 64u
+
+static uint64_t load_uint(const uint8_t *p, unsigned n, int big) {
+    uint64_t v = 0;
+    for (unsigned k = 0; k < n; k++) v = (v << 8) | p[big ? k : n - 1 - k];
+    return v;
+}
+
+/* The end of the ELF image whose file header starts at h (ELF_HEADER bytes): the end of
+ * its section header table, which wasmtime writes last. 0 if h is not such a header. */
+static uint64_t elf_extent(const uint8_t *h) {
+    if (memcmp(h, "\x7f" "ELF", 4) != 0) return 0;
+    if ((h[4] != 1 && h[4] != 2) || (h[5] != 1 && h[5] != 2)) return 0;
+    int is64 = h[4] == 2, big = h[5] == 2;
+    uint64_t shoff = is64 ? load_uint(h + 0x28, 8, big) : load_uint(h + 0x20, 4, big);
+    uint64_t shentsize = load_uint(h + (is64 ? 0x3A : 0x2E), 2, big);
+    uint64_t shnum = load_uint(h + (is64 ? 0x3C : 0x30), 2, big);
+    if (shnum == 0 || shentsize == 0) return 0;
+    uint64_t table = shnum * shentsize; /* both < 2^16: no wrap */
+    if (shoff > UINT64_MAX - table || shoff + table < ELF_HEADER) return 0;
+    return shoff + table;
+}
+
+int wmc_lzw_decode(const uint8_t *in, size_t in_len, size_t max_out, int flags,
                    uint8_t **out_buf, uint8_t **out_data, size_t *out_len, size_t *err_offset) {
     if (!out_buf || !out_data || !out_len || !err_offset || (!in && in_len))
         return WMC_ERR_ARGUMENT;
@@ -133,6 +173,9 @@ int wmc_lzw_decode(const uint8_t *in, size_t in_len, size_t max_out,
     uint8_t *out = ob.data;
     size_t pos = PREFIX, cap = ob.cap;
     int status = WMC_OK;
+    /* With WMC_LZW_EXPECT_ELF, the header is checked once this much output exists. */
+    const int expect_elf = (flags & WMC_LZW_EXPECT_ELF) != 0;
+    size_t check_at = expect_elf ? PREFIX + ELF_HEADER : SIZE_MAX;
 
     for (;;) {
         uint64_t word;
@@ -168,6 +211,9 @@ int wmc_lzw_decode(const uint8_t *in, size_t in_len, size_t max_out,
         if (code_len > cap - pos) {
             ob.len = pos;
             if ((status = out_grow(&ob, code_len)) != WMC_OK) {
+                /* Past the cap set from the ELF header: past the image's end. */
+                if (status == WMC_ERR_LZW_TOO_LARGE && expect_elf && check_at == SIZE_MAX)
+                    status = WMC_ERR_LZW_NOT_ELF;
                 *err_offset = code_start / 8;
                 break;
             }
@@ -193,6 +239,31 @@ int wmc_lzw_decode(const uint8_t *in, size_t in_len, size_t max_out,
             }
         }
         pos += code_len;
+
+        if (pos >= check_at) {
+            check_at = SIZE_MAX;
+            uint64_t extent = elf_extent(out + PREFIX);
+            if (extent == 0 || extent < pos - PREFIX) {
+                *err_offset = code_start / 8;
+                status = WMC_ERR_LZW_NOT_ELF;
+                break;
+            }
+            if (extent > ob.max - PREFIX) {
+                *err_offset = code_start / 8;
+                status = WMC_ERR_LZW_TOO_LARGE;
+                break;
+            }
+            /* No output may pass the image's end: the cap becomes that end. */
+            ob.max = PREFIX + (size_t)extent;
+            if (ob.cap > ob.max) ob.cap = cap = ob.max;
+        }
+    }
+    if (status == WMC_OK && expect_elf) {
+        /* The stream ended: it must have produced the whole image, header included. */
+        if (check_at != SIZE_MAX || pos != ob.max) {
+            *err_offset = in_len;
+            status = WMC_ERR_LZW_NOT_ELF;
+        }
     }
 
     free(table);

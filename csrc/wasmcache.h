@@ -3,7 +3,7 @@
  *
  * Everything between the CDEF markers is also the cffi cdef of wasmcache._native,
  * so it must stay plain declarations (no preprocessor lines, no macros).
- * Every function returns WMC_OK (0) or a negative wmc_status.
+ * Every int function returns WMC_OK (0) or a negative wmc_status; wmc_strerror names it.
  */
 #ifndef WASMCACHE_H
 #define WASMCACHE_H
@@ -20,6 +20,7 @@ enum wmc_status {
     WMC_ERR_LZW_CODE = -10,      /* a code above the next free code, or a bad first code */
     WMC_ERR_LZW_NO_END = -11,    /* the input ended before the end code */
     WMC_ERR_LZW_TOO_LARGE = -12, /* the output would exceed the caller's cap */
+    WMC_ERR_LZW_NOT_ELF = -13,   /* WMC_LZW_EXPECT_ELF: the output cannot be an ELF image */
     WMC_ERR_PATH_COMPONENT = -20,/* a path component is empty or could escape its folder */
     WMC_ERR_PATH_TOO_LONG = -21  /* the output buffer is too small for the path */
 };
@@ -29,13 +30,23 @@ enum wmc_write_flags {
     WMC_FSYNC_DIR = 2            /* fsync the folder after the rename */
 };
 
+enum wmc_lzw_flags {
+    WMC_LZW_EXPECT_ELF = 1       /* stop once the output cannot be one whole ELF image */
+};
+
+/* A short, constant English description of a wmc_status. */
+const char *wmc_strerror(int status);
+
 /* Decode an LZW stream (MSB bit order, 8-bit symbols, weezl-compatible).
  * On success the *out_len decoded bytes start at *out_data, inside the buffer *out_buf
  * (from malloc; free it with wmc_free). Decoding that would produce more than max_out
  * bytes fails with WMC_ERR_LZW_TOO_LARGE without allocating more than max_out + 288
- * bytes. On failure *out_buf is NULL and *err_offset is the input byte offset where the
- * bad code started (in_len when the input ended without an end code). */
-int wmc_lzw_decode(const uint8_t *in, size_t in_len, size_t max_out,
+ * bytes. With WMC_LZW_EXPECT_ELF in flags, the first 64 output bytes must be an ELF
+ * file header and the output may not pass the end of the image that header describes
+ * (else WMC_ERR_LZW_NOT_ELF, as soon as that is known). On failure *out_buf is NULL and
+ * *err_offset is the input byte offset where the bad code started (in_len when the input
+ * ended without an end code). */
+int wmc_lzw_decode(const uint8_t *in, size_t in_len, size_t max_out, int flags,
                    uint8_t **out_buf, uint8_t **out_data, size_t *out_len, size_t *err_offset);
 
 /* Encode bytes as an LZW stream (clear code first, end code last, zero-padded).
@@ -44,11 +55,13 @@ int wmc_lzw_encode(const uint8_t *in, size_t in_len, uint8_t **out, size_t *out_
 
 void wmc_free(void *p);
 
-/* Write payload then trailer to a new temp file created exclusively (O_EXCL|O_NOFOLLOW)
- * in target's folder, then rename it over target. On failure the temp file is removed,
- * target is untouched, and *err_no holds the errno of the failing call. */
-int wmc_atomic_write(const char *target, const uint8_t *payload, size_t payload_len,
-                     const uint8_t *trailer, size_t trailer_len, int flags, int *err_no);
+/* Write payload then trailer to the new file temp, created exclusively
+ * (O_CREAT|O_EXCL|O_NOFOLLOW, so an existing name or a planted link is never opened),
+ * then rename it over target. On failure the temp file (if created) is removed, target is
+ * untouched, and *err_no holds the errno of the failing call (EEXIST: pick another temp). */
+int wmc_atomic_write(const char *temp, const char *target, const uint8_t *payload,
+                     size_t payload_len, const uint8_t *trailer, size_t trailer_len, int flags,
+                     int *err_no);
 
 /* Write "<dir>/<engine_id>-v<version>/<HEX>.bin" (HEX: the digest in uppercase hex)
  * into out (NUL-terminated, out_cap bytes at most); *out_len gets its length.
@@ -57,6 +70,12 @@ int wmc_atomic_write(const char *target, const uint8_t *payload, size_t payload_
 int wmc_cache_path(const char *dir, size_t dir_len, const char *engine_id, size_t engine_id_len,
                    uint32_t version, const uint8_t *digest, size_t digest_len,
                    char *out, size_t out_cap, size_t *out_len);
+
+/* Write the temp name of a file being written to target, "<folder>/.<name>.<pid>.<16 hex
+ * digits of suffix>.tmp", into out (NUL-terminated, out_cap bytes at most). target must
+ * hold a file name (not end in '/') and no NUL. */
+int wmc_temp_path(const char *target, size_t target_len, uint64_t pid, uint64_t suffix,
+                  char *out, size_t out_cap, size_t *out_len);
 /* CDEF END */
 
 #endif

@@ -48,7 +48,7 @@ def add_module(engine: wasmtime.Engine, add_wasm: bytes) -> wasmtime.Module:
 
 @pytest.fixture
 def key(add_wasm: bytes) -> wc.ModuleHash:
-    return wc.ModuleHash.xxhash(add_wasm)
+    return wc.ModuleHash.sha256(add_wasm)
 
 
 @pytest.fixture

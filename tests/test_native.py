@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from wasmcache import _core
+import wasmcache as wc
+from wasmcache import _core, names
 
 DIGEST = bytes(range(8))
 
@@ -25,7 +26,7 @@ def test_cache_path_layout():
     "engine_id", [b"", b".", b"..", b"a/b", b"a\0b", b"../x", b"a b", b"\xff", b"a\\b"]
 )
 def test_cache_path_rejects_unsafe_engine_ids(engine_id):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unsafe or empty path component"):
         _core.cache_path(b"/c", engine_id, 1, DIGEST)
 
 
@@ -36,51 +37,116 @@ def test_cache_path_rejects_bad_dirs(cache_dir):
 
 
 def test_cache_path_rejects_bad_digest_length():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="invalid argument"):
         _core.cache_path(b"/c", b"e", 1, b"")
     with pytest.raises(ValueError):
         _core.cache_path(b"/c", b"e", 1, bytes(65))
 
 
+def test_temp_path_layout():
+    assert _core.temp_path(b"/c/e-v1/AB.bin", 42, 0xDEADBEEF) == (
+        b"/c/e-v1/.AB.bin.42.00000000deadbeef.tmp"
+    )
+    assert _core.temp_path(b"x.bin", 2**64 - 1, 2**64 - 1) == (
+        b".x.bin.18446744073709551615.ffffffffffffffff.tmp"
+    )
+    for bad in (b"", b"/c/", b"a\0b"):
+        with pytest.raises(ValueError):
+            _core.temp_path(bad, 1, 1)
+
+
+def test_temp_names_are_recognised_and_fresh(tmp_path):
+    target = str(tmp_path / ("AB" * 32 + ".bin"))
+    first, second = names.temp_path(target), names.temp_path(target)
+    assert first != second
+    assert names.is_temp(os.path.basename(first)) and names.is_temp(os.path.basename(second))
+    assert not names.is_temp("AB" * 32 + ".bin")
+
+
+def test_status_messages_come_from_the_c_core():
+    assert _core.strerror(0) == "success"
+    assert _core.strerror(-12) == "LZW stream decodes past the output cap"
+    assert _core.strerror(-999) == "unknown status"
+
+
 def test_atomic_write_replaces_whole_file(tmp_path):
     target = tmp_path / "entry.bin"
     target.write_bytes(b"old")
-    _core.atomic_write(str(target), b"new payload", 11, b"TRAILER")
+    _core.atomic_write(names.temp_path(str(target)), str(target), b"new payload", b"TRAILER")
     assert target.read_bytes() == b"new payloadTRAILER"
     assert os.listdir(tmp_path) == ["entry.bin"]
+
+
+def test_atomic_write_takes_the_length_from_the_buffer(tmp_path):
+    target = tmp_path / "entry.bin"
+    payload = memoryview(b"0123456789")[2:5]
+    _core.atomic_write(names.temp_path(str(target)), str(target), payload, b"!")
+    assert target.read_bytes() == b"234!"
 
 
 def test_atomic_write_large_and_fsync(tmp_path):
     payload = os.urandom(3 << 20)
     target = tmp_path / "big.bin"
-    _core.atomic_write(str(target), memoryview(payload), len(payload), b"", fsync=True)
+    _core.atomic_write(names.temp_path(str(target)), str(target), memoryview(payload), b"", fsync=True)
     assert target.read_bytes() == payload
+
+
+def test_atomic_write_rejects_non_contiguous_buffers(tmp_path):
+    target = str(tmp_path / "x.bin")
+    with pytest.raises(TypeError, match="contiguous"):
+        _core.atomic_write(names.temp_path(target), target, memoryview(b"abcdef")[::2], b"")
 
 
 def test_atomic_write_missing_folder_reports_enoent(tmp_path):
     target = tmp_path / "missing" / "entry.bin"
-    with pytest.raises(FileNotFoundError) as info:
-        _core.atomic_write(str(target), b"x", 1, b"")
+    with pytest.raises(wc.FileWriteError) as info:
+        _core.atomic_write(names.temp_path(str(target)), str(target), b"x", b"")
     assert info.value.errno == errno.ENOENT
-    assert info.value.filename == str(target)
+    assert info.value.path == str(target)
+    assert isinstance(info.value.__cause__, FileNotFoundError)
 
 
 def test_atomic_write_rename_failure_cleans_up(tmp_path):
     target = tmp_path / "a-folder"
     (target / "child").mkdir(parents=True)  # rename of a file over a non-empty folder fails
-    with pytest.raises(OSError):
-        _core.atomic_write(str(target), b"data", 4, b"")
+    with pytest.raises(wc.FileWriteError):
+        _core.atomic_write(names.temp_path(str(target)), str(target), b"data", b"")
     assert sorted(os.listdir(tmp_path)) == ["a-folder"]
     assert os.listdir(target) == ["child"]
 
 
-def test_atomic_write_does_not_follow_planted_symlinks(tmp_path, monkeypatch):
-    """Temp names are fresh for every write, and a name that exists is never opened."""
+def test_atomic_write_never_opens_a_planted_link_at_its_temp_name(tmp_path):
+    """A link planted at the exact temp name is refused (EEXIST), not followed."""
     victim = tmp_path / "victim"
     victim.write_text("precious")
-    for i in range(50):
-        (tmp_path / f".entry.bin.{os.getpid()}.{i:016x}.tmp").symlink_to(victim)
     target = tmp_path / "entry.bin"
-    _core.atomic_write(str(target), b"payload", 7, b"")
+    temp = names.temp_path(str(target))
+    os.symlink(victim, temp)
+    with pytest.raises(wc.FileWriteError) as info:
+        _core.atomic_write(temp, str(target), b"payload", b"")
+    assert info.value.errno == errno.EEXIST
     assert victim.read_text() == "precious"
-    assert target.read_bytes() == b"payload"
+    assert os.path.islink(temp) and not target.exists()
+    # A dangling link there is not followed either (O_NOFOLLOW with O_EXCL).
+    os.unlink(temp)
+    os.symlink(tmp_path / "created-through-link", temp)
+    with pytest.raises(wc.FileWriteError):
+        _core.atomic_write(temp, str(target), b"payload", b"")
+    assert not (tmp_path / "created-through-link").exists()
+
+
+def test_save_picks_another_temp_name_past_a_planted_link(cache, key, engine, add_module, monkeypatch):
+    """FileSystemCache.save plants nothing through a link at the name it first tries."""
+    path = str(cache.path(key, engine))
+    os.makedirs(os.path.dirname(path))
+    victim = cache.cache_dir.parent / "victim"
+    victim.write_text("precious")
+    suffixes = iter([b"\x01" * 8, b"\x02" * 8])
+    monkeypatch.setattr(names.os, "urandom", lambda n: next(suffixes))
+    planted = names.temp_path(path)  # takes the first suffix
+    os.symlink(victim, planted)
+    suffixes = iter([b"\x01" * 8, b"\x02" * 8])
+    cache.save(key, engine, add_module)
+    assert victim.read_text() == "precious"
+    assert os.path.islink(planted)
+    assert cache.contains(key, engine)

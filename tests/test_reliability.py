@@ -19,14 +19,14 @@ import wasmtime
 import wasmcache as wc
 import workers
 from wasmcache import synth
-from wasmcache.artifact import ENTRY_NAME, TEMP_NAME
+from wasmcache import names
 
 STRESS_SECONDS = float(os.environ.get("WASMCACHE_STRESS_SECONDS", "10"))
 KILLS = int(os.environ.get("WASMCACHE_KILLS", "24"))
 
 
 def temp_files(folder: Path) -> list[Path]:
-    return [p for p in folder.rglob("*") if TEMP_NAME.fullmatch(p.name)]
+    return [p for p in folder.rglob("*") if names.is_temp(p.name)]
 
 
 # -- 1. concurrency -------------------------------------------------------------------------
@@ -60,7 +60,7 @@ def test_threads_sharing_one_cache(tmp_path, engine):
     modules = []
     for size, seed in workers.STRESS_MODULES:
         wasm = synth.data_module(size, seed=seed)
-        modules.append((wc.ModuleHash.xxhash(wasm), wasm, size, wasmtime.Module(engine, wasm)))
+        modules.append((wc.ModuleHash.sha256(wasm), wasm, size, wasmtime.Module(engine, wasm)))
     failures: list[BaseException] = []
     counts = {"save": 0, "hit": 0, "miss": 0}
     lock = threading.Lock()
@@ -99,7 +99,7 @@ def test_threads_sharing_one_cache(tmp_path, engine):
 
 def test_sigkill_during_saves_loses_nothing(tmp_path, engine):
     wasm = synth.data_module(48 << 20, seed=7)
-    key = wc.ModuleHash.xxhash(wasm)
+    key = wc.ModuleHash.sha256(wasm)
     artifact = tmp_path / "artifact.bin"
     artifact.write_bytes(wasmtime.Module(engine, wasm).serialize())
     cache_dir = tmp_path / "cache"
@@ -127,7 +127,7 @@ def test_sigkill_during_saves_loses_nothing(tmp_path, engine):
 
     # Stale temp files are not entries, do not block a save, and cleanup removes them.
     stale = temp_files(cache_dir)
-    assert stale and not any(ENTRY_NAME.fullmatch(p.name) for p in stale)
+    assert stale and not any(names.entry_key(p.name) for p in stale)
     cache.save(key, engine, wasmtime.Module.deserialize_file(engine, str(artifact)))
     workers.check_module(engine, cache.load(key, engine), wasm, 48 << 20)
     assert cache.cleanup(older_than=3600) == 0
@@ -157,11 +157,11 @@ def test_file_size_limit_raises_and_keeps_older_entry(tmp_path):
     script = textwrap.dedent(f"""
         import os, resource, signal, wasmtime, wasmcache as wc
         from wasmcache import synth
-        from wasmcache.artifact import TEMP_NAME
+        from wasmcache import names
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         engine = wasmtime.Engine()
         wasm = synth.data_module(4 << 20, seed=5)
-        key = wc.ModuleHash.xxhash(wasm)
+        key = wc.ModuleHash.sha256(wasm)
         module = wasmtime.Module(engine, wasm)
         older_wasm = synth.data_module(4096, seed=6)
         cache = wc.FileSystemCache({str(tmp_path)!r})
@@ -176,7 +176,7 @@ def test_file_size_limit_raises_and_keeps_older_entry(tmp_path):
             print("error:", exc)
         else:
             raise SystemExit("save past RLIMIT_FSIZE succeeded")
-        left = [p for p in cache.path(key, engine).parent.iterdir() if TEMP_NAME.fullmatch(p.name)]
+        left = [p for p in cache.path(key, engine).parent.iterdir() if names.is_temp(p.name)]
         assert not left, left
         assert cache.path(key, engine).read_bytes() == before
         store = wasmtime.Store(engine)
@@ -185,7 +185,7 @@ def test_file_size_limit_raises_and_keeps_older_entry(tmp_path):
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "error: cannot write cache entry" in done.stdout
+    assert "error: cannot write cache file" in done.stdout
 
 
 # -- 5. integrity -----------------------------------------------------------------------------
@@ -193,7 +193,7 @@ def test_file_size_limit_raises_and_keeps_older_entry(tmp_path):
 
 def test_every_single_byte_flip_is_caught(tmp_path, engine, add_wasm, add_module):
     cache = wc.FileSystemCache(tmp_path)
-    key = wc.ModuleHash.xxhash(add_wasm)
+    key = wc.ModuleHash.sha256(add_wasm)
     cache.save(key, engine, add_module)
     path = cache.path(key, engine)
     entry = path.read_bytes()

@@ -104,7 +104,7 @@ def remote(endpoint, bucket, tmp_path, name="local", **options) -> wc.ObjectStor
 
 
 def test_save_on_one_machine_load_on_another(s3_endpoint, s3, bucket, tmp_path, engine, add_wasm):
-    key = wc.ModuleHash.xxhash(add_wasm)
+    key = wc.ModuleHash.sha256(add_wasm)
     first = remote(s3_endpoint, bucket, tmp_path, "machine-a")
     assert not first.contains(key, engine)
     first.save(key, engine, wasmtime.Module(engine, add_wasm))
@@ -124,7 +124,7 @@ def test_save_on_one_machine_load_on_another(s3_endpoint, s3, bucket, tmp_path, 
 
 def test_large_module_multipart(s3_endpoint, bucket, tmp_path, engine):
     wasm = synth.data_module(40 << 20, seed=21)
-    key = wc.ModuleHash.xxhash(wasm)
+    key = wc.ModuleHash.sha256(wasm)
     remote(s3_endpoint, bucket, tmp_path, "a").save(key, engine, wasmtime.Module(engine, wasm))
     module = remote(s3_endpoint, bucket, tmp_path, "b").load(key, engine)
     store = wasmtime.Store(engine)
@@ -206,7 +206,7 @@ def test_error_mapping():
 
 
 def test_layered_stack(s3_endpoint, bucket, tmp_path, engine, add_wasm):
-    key = wc.ModuleHash.xxhash(add_wasm)
+    key = wc.ModuleHash.sha256(add_wasm)
     remote(s3_endpoint, bucket, tmp_path, "elsewhere").save(
         key, engine, wasmtime.Module(engine, add_wasm)
     )
@@ -252,14 +252,14 @@ def test_two_processes_saving_one_key(s3_endpoint, bucket, tmp_path, engine):
         wasm = open({str(wasm_path)!r}, "rb").read()
         module = wasmtime.Module(engine, wasm)
         for _ in range(5):
-            cache.save(wc.ModuleHash.xxhash(wasm), engine, module)
+            cache.save(wc.ModuleHash.sha256(wasm), engine, module)
     """)
     procs = [
         subprocess.Popen([sys.executable, "-c", script, str(tmp_path / f"p{i}")]) for i in range(2)
     ]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     module = remote(s3_endpoint, bucket, tmp_path, "reader").load(
-        wc.ModuleHash.xxhash(wasm), engine
+        wc.ModuleHash.sha256(wasm), engine
     )
     store = wasmtime.Store(engine)
     probe = wasmtime.Instance(store, module, []).exports(store)["probe"]

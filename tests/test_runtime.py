@@ -35,7 +35,7 @@ class Failing(wc.ModuleCache):
 
 
 def test_load_or_compile_miss_then_hit(cache, engine, add_wasm, caplog):
-    key = wc.ModuleHash.xxhash(add_wasm)
+    key = wc.ModuleHash.sha256(add_wasm)
     with caplog.at_level(logging.DEBUG, logger="wasmcache"):
         first = cache.load_or_compile(engine, add_wasm)
     assert call_add(engine, first) == 5
@@ -51,15 +51,15 @@ def test_load_or_compile_miss_then_hit(cache, engine, add_wasm, caplog):
 def test_load_or_compile_from_path_and_custom_key(cache, engine, add_wasm, tmp_path):
     path = tmp_path / "add.wasm"
     path.write_bytes(add_wasm)
-    key = wc.ModuleHash.sha256(add_wasm)
+    key = wc.ModuleHash.xxhash(add_wasm)  # the caller's choice of key
     assert call_add(engine, cache.load_or_compile(engine, path, key=key)) == 5
     assert call_add(engine, cache.load_or_compile(engine, str(path), key=key)) == 5
     assert cache.contains(key, engine)
-    assert not cache.contains(wc.ModuleHash.xxhash(add_wasm), engine)
+    assert not cache.contains(wc.ModuleHash.sha256(add_wasm), engine)
 
 
 def test_load_or_compile_replaces_corrupt_entry(cache, engine, add_wasm):
-    key = wc.ModuleHash.xxhash(add_wasm)
+    key = wc.ModuleHash.sha256(add_wasm)
     path = cache.path(key, engine)
     path.parent.mkdir(parents=True)
     path.write_bytes(b"garbage" * 10)
@@ -117,7 +117,7 @@ def test_concurrent_misses_compile_once_across_processes(tmp_path):
 
 def test_compile_lock_is_released_when_the_holder_dies(tmp_path, engine, add_wasm):
     cache = wc.FileSystemCache(tmp_path)
-    key = wc.ModuleHash.xxhash(add_wasm)
+    key = wc.ModuleHash.sha256(add_wasm)
     holder = subprocess.Popen(
         [
             sys.executable,
@@ -166,7 +166,7 @@ def _config(**settings) -> wasmtime.Config:
 
 def test_memory_cache_lru(engine, add_module):
     mem = wc.MemoryCache(max_entries=2)
-    keys = [wc.ModuleHash.xxhash(bytes([i])) for i in range(3)]
+    keys = [wc.ModuleHash.sha256(bytes([i])) for i in range(3)]
     mem.save(keys[0], engine, add_module)
     mem.save(keys[1], engine, add_module)
     mem.load(keys[0], engine)  # 0 is now the most recently used
@@ -246,7 +246,7 @@ def _fill(cache, engine, count):
     keys = []
     for i in range(count):
         wasm = synth.data_module(64 << 10, seed=100 + i)
-        key = wc.ModuleHash.xxhash(wasm)
+        key = wc.ModuleHash.sha256(wasm)
         cache.save(key, engine, wasmtime.Module(engine, wasm))
         keys.append(key)
     return keys
@@ -271,7 +271,7 @@ def test_prune_removes_least_recently_used(tmp_path, engine):
 def test_prune_keeps_loaded_modules_valid(tmp_path, engine):
     cache = wc.FileSystemCache(tmp_path)
     wasm = synth.data_module(1 << 20, seed=9)
-    key = wc.ModuleHash.xxhash(wasm)
+    key = wc.ModuleHash.sha256(wasm)
     cache.save(key, engine, wasmtime.Module(engine, wasm))
     module = cache.load(key, engine)
     cache.prune(max_bytes=0)
@@ -322,7 +322,7 @@ def test_entries_ignore_foreign_names(cache, engine, add_module, key):
 
 def test_verify_entries(cache, engine, add_module, key):
     cache.save(key, engine, add_module)
-    other = wc.ModuleHash.xxhash(b"other")
+    other = wc.ModuleHash.sha256(b"other")
     bad_path = cache.path(other, engine)
     bad_path.write_bytes(cache.path(key, engine).read_bytes()[:-30] + b"\0" * 30)
     bad = cache.verify_entries()

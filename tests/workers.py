@@ -37,7 +37,7 @@ def stress_worker(cache_dir: str, seconds: float, seed: int, results) -> None:
         modules = []
         for size, module_seed in STRESS_MODULES:
             wasm = synth.data_module(size, seed=module_seed)
-            modules.append((wc.ModuleHash.xxhash(wasm), wasm, size, None))
+            modules.append((wc.ModuleHash.sha256(wasm), wasm, size, None))
         counts = {"save": 0, "hit": 0, "miss": 0}
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:

@@ -1,26 +1,32 @@
 """wasmcache: an on-disk cache of compiled WebAssembly modules for wasmtime."""
 
 from wasmcache import lzw
-from wasmcache.artifact import ARTIFACT_VERSION
 from wasmcache.base import ModuleCache
+from wasmcache.config import default_cache_dir
 from wasmcache.engine import engine_id
 from wasmcache.errors import (
     CacheError,
     DeserializeError,
     FileReadError,
     FileWriteError,
+    LZWError,
     NotFound,
+    OutOfMemory,
     RemoteAccessDenied,
     RemoteBucketNotFound,
     RemoteError,
     RemoteUnavailable,
     SerializeError,
+    SourceError,
+    UnsafeCacheError,
+    UnsafeEntryError,
 )
 from wasmcache.fallback import FallbackCache
-from wasmcache.filesystem import FileSystemCache, default_cache_dir
+from wasmcache.filesystem import FileSystemCache
 from wasmcache.hashing import ModuleHash
-from wasmcache.layout import CacheEntry
+from wasmcache.maintenance import CacheEntry
 from wasmcache.memory import MemoryCache
+from wasmcache.names import ARTIFACT_VERSION
 from wasmcache.remote import ObjectStoreCache
 
 __all__ = [
@@ -32,16 +38,21 @@ __all__ = [
     "FileReadError",
     "FileSystemCache",
     "FileWriteError",
+    "LZWError",
     "MemoryCache",
     "ModuleCache",
     "ModuleHash",
     "NotFound",
+    "OutOfMemory",
     "ObjectStoreCache",
     "RemoteAccessDenied",
     "RemoteBucketNotFound",
     "RemoteError",
     "RemoteUnavailable",
     "SerializeError",
+    "SourceError",
+    "UnsafeCacheError",
+    "UnsafeEntryError",
     "default_cache_dir",
     "engine_id",
     "lzw",

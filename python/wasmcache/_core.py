@@ -1,52 +1,101 @@
-"""Typed wrappers over the C core (``wasmcache._native``): each C status becomes an exception."""
+"""Typed wrappers over the C core (``wasmcache._native``).
+
+Every C status goes through :func:`_check`, the one place that turns a status into an
+exception; its message starts with the C core's own text (``wmc_strerror``).
+"""
 
 from __future__ import annotations
 
 import os
-from typing import Union
+import sys
+from typing import Any, NoReturn, Optional, Union
 
 from wasmcache._native import ffi, lib
-from wasmcache.errors import LZWError
+from wasmcache.errors import FileWriteError, LZWError, OutOfMemory
 
 Buffer = Union[bytes, bytearray, memoryview]
 
 #: Largest output :func:`lzw_decode` produces unless told otherwise (2 GiB).
 DEFAULT_MAX_OUTPUT = 2 << 30
-
-_LZW_MESSAGES = {
-    lib.WMC_ERR_LZW_CODE: "invalid LZW code at byte {offset}",
-    lib.WMC_ERR_LZW_NO_END: "LZW stream ends at byte {offset} without an end code",
-    lib.WMC_ERR_LZW_TOO_LARGE: "LZW stream decodes to more than {cap} bytes (at byte {offset})",
+_SIZE_MAX = sys.maxsize  # caps beyond this mean "no cap" (and stay a valid size_t)
+_LZW_REASONS = {
+    lib.WMC_ERR_LZW_CODE: "code",
+    lib.WMC_ERR_LZW_NO_END: "no-end",
+    lib.WMC_ERR_LZW_TOO_LARGE: "too-large",
+    lib.WMC_ERR_LZW_NOT_ELF: "not-elf",
 }
 
 
-def _take(out: object, out_len: object) -> bytes:
-    """Copy a malloc'd C buffer into bytes and free it."""
+def strerror(status: int) -> str:
+    """The C core's description of a status."""
+    return str(ffi.string(lib.wmc_strerror(status)).decode("ascii"))
+
+
+def _fail(
+    status: int,
+    *,
+    what: str,
+    path: Optional[str] = None,
+    err_no: int = 0,
+    offset: Optional[int] = None,
+) -> NoReturn:
+    message = strerror(status)
+    if status == lib.WMC_ERR_NOMEM:
+        raise OutOfMemory(f"{message} while {what}")
+    if status == lib.WMC_ERR_OS:
+        cause = OSError(err_no, os.strerror(err_no), path)
+        raise FileWriteError(
+            f"cannot write cache file {path}: {os.strerror(err_no)}", path, errno=err_no
+        ) from cause
+    reason = _LZW_REASONS.get(status)
+    if reason is not None:
+        raise LZWError(f"{message} at byte {offset} ({what})", reason)
+    raise ValueError(f"{message}: {what}")
+
+
+def _check(status: int, **context: Any) -> None:
+    """Return if ``status`` is WMC_OK, else raise the exception it stands for."""
+    if status != lib.WMC_OK:
+        _fail(status, **context)
+
+
+def _buffer(data: object, name: str) -> Any:
+    """A cffi view of a contiguous bytes-like object (no copy)."""
     try:
-        return ffi.buffer(out[0], out_len[0])[:]  # type: ignore[index]
-    finally:
-        lib.wmc_free(out[0])  # type: ignore[index]
+        return ffi.from_buffer("uint8_t[]", data)
+    except (TypeError, BufferError) as exc:
+        raise TypeError(f"{name} must be a contiguous bytes-like object: {exc}") from None
 
 
-def lzw_decode_view(data: Buffer, max_output: int = DEFAULT_MAX_OUTPUT) -> memoryview:
-    """Decode into a C buffer and return a view of it (no copy; freed with the view)."""
-    if max_output < 0:
-        raise ValueError("max_output must not be negative")
-    src = ffi.from_buffer("uint8_t[]", data)
+def _size(value: int, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must not be negative")
+    return min(value, _SIZE_MAX)
+
+
+def lzw_decode_view(
+    data: Buffer, max_output: int = DEFAULT_MAX_OUTPUT, *, expect_elf: bool = False
+) -> memoryview:
+    """Decode into a C buffer and return a view of it (no copy; freed with the view).
+    With ``expect_elf`` the decode stops as soon as the output cannot be one whole ELF
+    image (checked on its first 64 bytes)."""
+    cap = _size(max_output, "max_output")
+    src = _buffer(data, "data")
     out_buf = ffi.new("uint8_t **")
     out_data = ffi.new("uint8_t **")
     out_len = ffi.new("size_t *")
     err_offset = ffi.new("size_t *")
-    status = lib.wmc_lzw_decode(src, len(src), max_output, out_buf, out_data, out_len, err_offset)
-    if status == lib.WMC_OK:
-        owner = ffi.gc(out_buf[0], lib.wmc_free)
-        skip = int(ffi.cast("uintptr_t", out_data[0])) - int(ffi.cast("uintptr_t", owner))
-        # The view keeps the ffi.buffer alive, which keeps `owner` (and the memory) alive.
-        return memoryview(ffi.buffer(owner, skip + out_len[0]))[skip:]
-    if status == lib.WMC_ERR_NOMEM:
-        raise MemoryError("out of memory while decoding LZW")
-    template = _LZW_MESSAGES.get(status, "LZW decoding failed with status {status}")
-    raise LZWError(template.format(offset=err_offset[0], cap=max_output, status=status))
+    flags = lib.WMC_LZW_EXPECT_ELF if expect_elf else 0
+    status = lib.wmc_lzw_decode(
+        src, len(src), cap, flags, out_buf, out_data, out_len, err_offset
+    )
+    _check(status, what=f"output cap {cap} bytes", offset=err_offset[0])
+    owner = ffi.gc(out_buf[0], lib.wmc_free)
+    skip = int(ffi.cast("uintptr_t", out_data[0])) - int(ffi.cast("uintptr_t", owner))
+    # The view keeps the ffi.buffer alive, which keeps `owner` (and the memory) alive.
+    return memoryview(ffi.buffer(owner, skip + out_len[0]))[skip:]
 
 
 def lzw_decode(data: Buffer, max_output: int = DEFAULT_MAX_OUTPUT) -> bytes:
@@ -58,59 +107,50 @@ def lzw_decode(data: Buffer, max_output: int = DEFAULT_MAX_OUTPUT) -> bytes:
 
 
 def lzw_encode(data: Buffer) -> bytes:
-    src = ffi.from_buffer("uint8_t[]", data)
+    src = _buffer(data, "data")
     out = ffi.new("uint8_t **")
     out_len = ffi.new("size_t *")
-    status = lib.wmc_lzw_encode(src, len(src), out, out_len)
-    if status == lib.WMC_OK:
-        return _take(out, out_len)
-    if status == lib.WMC_ERR_NOMEM:
-        raise MemoryError("out of memory while encoding LZW")
-    raise ValueError(f"input too large to LZW-encode ({len(src)} bytes)")
+    _check(lib.wmc_lzw_encode(src, len(src), out, out_len), what=f"LZW-encoding {len(src)} bytes")
+    try:
+        return bytes(ffi.buffer(out[0], out_len[0]))
+    finally:
+        lib.wmc_free(out[0])
 
 
 def atomic_write(
-    target: str, payload: object, payload_len: int, trailer: bytes, *, fsync: bool = False
+    temp: str, target: str, payload: Buffer, trailer: bytes, *, fsync: bool = False
 ) -> None:
-    """Write payload + trailer to ``target`` through a temp file and a rename.
-
-    ``payload`` is a bytes-like object or a cffi ``uint8_t *``. Raises OSError (with errno
-    and the target's name) on failure; no temp file is left behind then.
-    """
-    if not isinstance(payload, ffi.CData):
-        payload = ffi.from_buffer("uint8_t[]", payload)
+    """Write payload + trailer to the new file ``temp`` (never an existing name or a
+    link), then rename it over ``target``. Raises FileWriteError (``errno`` set; EEXIST
+    means pick another temp name); no temp file is left behind then."""
+    body = _buffer(payload, "payload")
+    tail = _buffer(trailer, "trailer")
     err_no = ffi.new("int *")
     flags = (lib.WMC_FSYNC_FILE | lib.WMC_FSYNC_DIR) if fsync else 0
     status = lib.wmc_atomic_write(
-        os.fsencode(target), payload, payload_len, trailer, len(trailer), flags, err_no
+        os.fsencode(temp), os.fsencode(target), body, len(body), tail, len(tail), flags, err_no
     )
-    if status == lib.WMC_OK:
-        return
-    if status == lib.WMC_ERR_NOMEM:
-        raise MemoryError("out of memory while writing a cache file")
-    if status == lib.WMC_ERR_OS:
-        raise OSError(err_no[0], os.strerror(err_no[0]), target)
-    raise ValueError(f"cannot write to {target!r} (status {status})")
+    _check(status, what=f"writing {target}", path=target, err_no=err_no[0])
 
 
 def cache_path(cache_dir: bytes, engine_id: bytes, version: int, digest: bytes) -> bytes:
     """``<cache_dir>/<engine_id>-v<version>/<HEX>.bin`` as bytes (see ``wmc_cache_path``)."""
-    out = ffi.new("char[]", len(cache_dir) + len(engine_id) + 2 * len(digest) + 32)
+    cap = len(cache_dir) + len(engine_id) + 2 * len(digest) + 32
+    out = ffi.new("char[]", cap)
     out_len = ffi.new("size_t *")
     status = lib.wmc_cache_path(
-        cache_dir,
-        len(cache_dir),
-        engine_id,
-        len(engine_id),
-        version,
-        digest,
-        len(digest),
-        out,
-        len(out),
-        out_len,
-    )
-    if status == lib.WMC_OK:
-        return ffi.unpack(out, out_len[0])
-    if status == lib.WMC_ERR_PATH_COMPONENT:
-        raise ValueError(f"unsafe cache path component: dir={cache_dir!r}, engine={engine_id!r}")
-    raise ValueError(f"cannot build a cache path (status {status})")
+        cache_dir, len(cache_dir), engine_id, len(engine_id), version, digest, len(digest),
+        out, cap, out_len,
+    )  # fmt: skip
+    _check(status, what=f"cache path for dir={cache_dir!r}, engine={engine_id!r}")
+    return bytes(ffi.unpack(out, out_len[0]))
+
+
+def temp_path(target: bytes, pid: int, suffix: int) -> bytes:
+    """``<folder>/.<name>.<pid>.<16 hex of suffix>.tmp`` as bytes (see ``wmc_temp_path``)."""
+    cap = len(target) + 64
+    out = ffi.new("char[]", cap)
+    out_len = ffi.new("size_t *")
+    status = lib.wmc_temp_path(target, len(target), pid, suffix, out, cap, out_len)
+    _check(status, what=f"temp path for {target!r}")
+    return bytes(ffi.unpack(out, out_len[0]))

@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional
 
 import wasmtime
 
-from wasmcache.artifact import elf_length
+from wasmcache.elf import elf_length
 from wasmcache.errors import SerializeError
 
 log = logging.getLogger("wasmcache")

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union
 
 import wasmtime
 
-from wasmcache import locks
+from wasmcache import direct, locks
 from wasmcache.engine import engine_id
-from wasmcache.errors import CacheError, DeserializeError, NotFound
+from wasmcache.errors import CacheError, DeserializeError, NotFound, UnsafeCacheError, UnsafeEntryError
 from wasmcache.hashing import ModuleHash
 
 if TYPE_CHECKING:
@@ -33,12 +33,11 @@ async def _in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 
 def read_wasm(wasm: WasmSource) -> bytes:
-    """The bytes of a module given as bytes-like or as a path."""
+    """The bytes of a module given as bytes-like or as a path (SourceError if unreadable)."""
     if isinstance(wasm, (bytes, bytearray, memoryview)):
         return bytes(wasm)
     if isinstance(wasm, (str, os.PathLike)):
-        with open(wasm, "rb") as f:
-            return f.read()
+        return direct.read_source(os.fspath(wasm))[0]
     raise TypeError(f"wasm must be bytes-like or a path, not {type(wasm).__name__}")
 
 
@@ -76,19 +75,46 @@ class ModuleCache(abc.ABC):
     def load_or_compile(
         self, engine: wasmtime.Engine, wasm: WasmSource, *, key: Optional[ModuleHash] = None
     ) -> wasmtime.Module:
-        """The cached module for ``wasm``, compiling and saving it on a miss (or after a
-        corrupt entry was removed). ``key`` defaults to the XXH64 of the bytes. A failure
-        to save is logged, not raised: the caller still gets its module."""
-        data = read_wasm(wasm)
-        if key is None:
-            key = ModuleHash.xxhash(data)
+        """The cached module for ``wasm`` (bytes, or the path of a .wasm file), compiling
+        and saving it on a miss (or after a corrupt entry was removed).
+
+        ``key`` defaults to the SHA-256 of the bytes; for a path it comes from the file's
+        stamp when the cache has seen that file unchanged before (direct mode), so a hit
+        neither reads nor hashes it. A failure to save is logged, not raised: the caller
+        still gets its module. A cache that is not private is not used at all (one warning).
+        """
+        if not isinstance(engine, wasmtime.Engine):
+            raise TypeError(f"expected a wasmtime.Engine, got {type(engine).__name__}")
+        data: Optional[bytes] = None
+        path: Optional[str] = None
+        if isinstance(wasm, (str, os.PathLike)):
+            path = os.fspath(wasm)
+            if key is None:
+                key, data = direct.key_of_file(path, "sha256", self._direct_index())
+        else:
+            data = read_wasm(wasm)
+            if key is None:
+                key = ModuleHash.sha256(data)
+        if not isinstance(key, ModuleHash):
+            raise TypeError(f"key must be a ModuleHash, not {type(key).__name__}")
         module = self._try_load(key, engine)
         if module is not None:
             return module
+        if self._unusable is not None:
+            return wasmtime.Module(engine, data if data is not None else read_wasm(wasm))
         with self.compile_lock(key, engine):
             module = self._try_load(key, engine)  # compiled by someone else meanwhile?
             if module is not None:
                 return module
+            if data is None:
+                # The key came from the file's stamp: compile what the file holds now,
+                # under the key of exactly those bytes.
+                assert path is not None
+                data = read_wasm(path)
+                actual = direct.hash_bytes(data, key.algorithm)
+                if actual != key:
+                    log.debug("%s changed since its stamp was taken; key %s", path, actual)
+                    key = actual
             module = wasmtime.Module(engine, data)
             try:
                 self.save(key, engine, module)
@@ -96,12 +122,29 @@ class ModuleCache(abc.ABC):
                 log.warning("compiled %s but could not cache it: %s", key, exc)
             return module
 
+    #: Set (to the error) once this cache was found unusable for load_or_compile.
+    _unusable: Optional[UnsafeCacheError] = None
+
+    def _direct_index(self) -> Optional[str]:
+        """The cache folder where direct mode keeps its records, or None for process
+        memory only."""
+        return None
+
     def _try_load(self, key: ModuleHash, engine: wasmtime.Engine) -> Optional[wasmtime.Module]:
         """The cached module, or None on a miss or when the cache cannot serve it (a
         removed corrupt entry, an unreadable file: logged, and the caller compiles)."""
+        if self._unusable is not None:
+            return None
         try:
             return self.load(key, engine)
         except (NotFound, DeserializeError):
+            return None
+        except UnsafeEntryError as exc:
+            log.warning("not loading %s, compiling instead: %s", key, exc)
+            return None
+        except UnsafeCacheError as exc:
+            self._unusable = exc
+            log.warning("not using the cache, compiling without it: %s", exc)
             return None
         except CacheError as exc:
             log.warning("cache unusable for %s, compiling instead: %s", key, exc)

@@ -20,7 +20,8 @@ import wasmtime
 from wasmcache import synth
 from wasmcache.engine import engine_id
 from wasmcache.errors import CacheError
-from wasmcache.filesystem import FileSystemCache, default_cache_dir
+from wasmcache.config import default_cache_dir
+from wasmcache.filesystem import FileSystemCache
 from wasmcache.hashing import ModuleHash
 from wasmcache.progress import elapsed
 

@@ -9,7 +9,7 @@ import weakref
 import wasmtime
 import xxhash
 
-from wasmcache.artifact import elf_section
+from wasmcache.elf import elf_section
 
 _EMPTY_MODULE = b"\0asm\x01\0\0\0"
 _ENGINE_SECTION = ".wasmtime.engine"

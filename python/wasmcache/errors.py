@@ -1,4 +1,8 @@
-"""The exceptions wasmcache raises; every one derives from :class:`CacheError`."""
+"""The exceptions wasmcache raises; every runtime failure derives from :class:`CacheError`.
+
+Wrong argument types or values are ``TypeError`` or ``ValueError`` at the call; a compile
+failure of invalid Wasm is wasmtime's own ``WasmtimeError``, unchanged.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 
 class CacheError(Exception):
-    """Root of every error raised by wasmcache."""
+    """Root of every runtime error raised by wasmcache."""
 
 
 class NotFound(CacheError, LookupError):
@@ -17,19 +21,42 @@ class NotFound(CacheError, LookupError):
 
 
 class _PathError(CacheError):
-    """An error about one file; ``path`` names it and ``__cause__`` is the OSError."""
+    """An error about one file; ``path`` names it, ``errno`` is the system's error number
+    when a system call failed (and ``__cause__`` the OSError)."""
 
-    def __init__(self, message: str, path: Optional[PathLike] = None) -> None:
+    def __init__(
+        self, message: str, path: Optional[PathLike] = None, errno: Optional[int] = None
+    ) -> None:
         super().__init__(message)
         self.path = path
+        self.errno = errno
 
 
 class FileReadError(_PathError):
-    """A cache file exists but could not be read."""
+    """A cache file exists but could not be read, or is not a regular file."""
 
 
 class FileWriteError(_PathError):
     """A cache file could not be written; nothing was left behind."""
+
+
+class SourceError(_PathError):
+    """The Wasm file given as a path could not be read."""
+
+
+class UnsafeCacheError(_PathError):
+    """A cache folder or file that others could have filled: owned by another user,
+    writable by group or others, a symbolic link, or a file with more than one link.
+    The message names the path, the reason and the fix; the cache is not used."""
+
+
+class UnsafeEntryError(UnsafeCacheError):
+    """One entry breaks the rule (another owner, several links, group- or world-writable):
+    it is not loaded, and the next save of its key replaces it."""
+
+
+class OutOfMemory(CacheError, MemoryError):
+    """The C core could not allocate the memory a decode or write needed."""
 
 
 class SerializeError(CacheError):
@@ -41,7 +68,13 @@ class DeserializeError(CacheError):
 
 
 class LZWError(CacheError, ValueError):
-    """An LZW stream is malformed or decodes past the output cap."""
+    """An LZW stream is malformed, decodes past the output cap, or (for a legacy entry)
+    cannot hold a compiled artifact. ``reason`` is one of "code", "no-end", "too-large",
+    "not-elf"."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class RemoteError(CacheError):

@@ -38,7 +38,7 @@ class FallbackCache(ModuleCache):
             )
         module = self.fallback.load(key, engine)
         if self.primary.contains(key, engine):
-            return module  # the fallback already placed it there (a download to disk)
+            return module  # already there (a remote tier downloads into its local folder)
         try:
             self.primary.save(key, engine, module)
         except CacheError as exc:

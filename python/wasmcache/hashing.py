@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-import re
+import string
 from typing import Any, Union
 
 import xxhash
@@ -11,12 +11,13 @@ import xxhash
 Buffer = Union[bytes, bytearray, memoryview]
 
 _DIGEST_SIZES = {"xxhash": 8, "sha256": 32}
-_HEX = re.compile(r"[0-9A-Fa-f]{16}|[0-9A-Fa-f]{64}")
+_ALGORITHM_OF_LENGTH = {16: "xxhash", 64: "sha256"}
 
 
 @functools.total_ordering
 class ModuleHash:
-    """An immutable, hashable hash of Wasm bytes: XXH64 (8 bytes) or SHA-256 (32 bytes).
+    """An immutable, hashable hash of Wasm bytes: SHA-256 (32 bytes, the default key) or
+    XXH64 (8 bytes).
 
     ``str(h)`` is the digest in uppercase hex, the name of the entry's file.
     """
@@ -39,11 +40,16 @@ class ModuleHash:
 
     @classmethod
     def xxhash(cls, data: Buffer) -> ModuleHash:
-        """XXH64 with seed 0; the digest is the 64-bit value in little-endian order."""
+        """XXH64 with seed 0; the digest is the 64-bit value in little-endian order.
+
+        Not collision resistant: a different valid module with the same XXH64 is easy to
+        compute, and whoever supplies it gets its code run in place of the other. Use it
+        only when every module comes from a source you trust."""
         return cls("xxhash", xxhash.xxh64_intdigest(data).to_bytes(8, "little"))
 
     @classmethod
     def sha256(cls, data: Buffer) -> ModuleHash:
+        """SHA-256 of the bytes: the default key, safe for modules from any source."""
         import hashlib  # imported on first use: slow to import
 
         return cls("sha256", hashlib.sha256(data).digest())
@@ -59,9 +65,11 @@ class ModuleHash:
     @classmethod
     def parse(cls, text: str) -> ModuleHash:
         """Parse 16 (xxhash) or 64 (sha256) hex digits, in any case."""
-        if not isinstance(text, str) or not _HEX.fullmatch(text):
+        if not isinstance(text, str):
+            raise TypeError(f"a module hash is text, not {type(text).__name__}")
+        algorithm = _ALGORITHM_OF_LENGTH.get(len(text))
+        if algorithm is None or not all(c in string.hexdigits for c in text):
             raise ValueError(f"not a module hash (16 or 64 hex digits): {text!r}")
-        algorithm = "xxhash" if len(text) == 16 else "sha256"
         return cls(algorithm, bytes.fromhex(text))
 
     @property

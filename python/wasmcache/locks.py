@@ -1,20 +1,27 @@
 """Locks that make concurrent misses of one key compile it once, across threads and
-processes. File locks are advisory (flock) and released by the OS when the holder dies,
-so a crashed process never blocks anyone."""
+processes. File locks are advisory (flock), released by the OS when the holder dies, so a
+crashed process never blocks anyone. A lock file is only ever unlinked by a process that
+holds its flock, and a process that takes a lock checks that the path still names the
+file it locked, so a lock stays a lock while files are removed around it."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import weakref
 from collections.abc import Iterator
 from typing import Optional
 
+from wasmcache.safefs import LOCK_FLAGS, same_file
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX
     fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger("wasmcache")
 
 
 class NamedLock:
@@ -35,6 +42,7 @@ class NamedLock:
 
 _named: weakref.WeakValueDictionary[str, NamedLock] = weakref.WeakValueDictionary()
 _named_guard = threading.Lock()
+_flock_warned = False
 
 
 def thread_lock(name: str) -> NamedLock:
@@ -47,26 +55,51 @@ def thread_lock(name: str) -> NamedLock:
         return lock
 
 
-def _open_lock_file(path: str) -> Optional[int]:
-    try:
-        return os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
-    except OSError:
-        return None
+def _flock_unsupported(path: str, exc: OSError) -> None:
+    global _flock_warned
+    if not _flock_warned:
+        _flock_warned = True
+        log.warning(
+            "file locks do not work at %s (%s): only threads of this process are kept from "
+            "compiling the same module twice",
+            path,
+            exc.strerror,
+        )
+
+
+def _locked_fd(path: str, *, block: bool) -> Optional[int]:
+    """An fd of ``path`` holding its exclusive flock, or None if the lock cannot be had
+    (held by another, with ``block`` False; or no lock file possible)."""
+    assert fcntl is not None
+    while True:
+        try:
+            fd = os.open(path, LOCK_FLAGS, 0o600)
+        except OSError:
+            return None  # no folder, read-only cache, or a planted link: no file lock
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except OSError as exc:
+            os.close(fd)
+            _flock_unsupported(path, exc)
+            return None
+        if same_file(path, os.fstat(fd)):
+            return fd
+        os.close(fd)  # removed or replaced while we waited: lock the file there now
 
 
 @contextlib.contextmanager
-def file_lock(path: str) -> Iterator[Optional[int]]:
-    """Hold an exclusive flock on ``path`` (created if missing) for the block. Yields None
-    without locking when the file cannot be created (a read-only cache still works)."""
-    fd = _open_lock_file(path) if fcntl is not None else None
-    if fd is None:
-        yield None
-        return
+def file_lock(path: str) -> Iterator[bool]:
+    """Hold an exclusive flock on ``path`` (created if missing) for the block; yields
+    whether a file lock is held (False: a read-only cache, or no flock here)."""
+    fd = _locked_fd(path, block=True) if fcntl is not None else None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield fd
+        yield fd is not None
     finally:
-        os.close(fd)  # closing releases the lock
+        if fd is not None:
+            os.close(fd)  # closing releases the lock
 
 
 @contextlib.contextmanager
@@ -75,16 +108,33 @@ def try_file_lock(path: str) -> Iterator[bool]:
     if fcntl is None:
         yield True
         return
-    fd = _open_lock_file(path)
-    if fd is None:
-        yield False
-        return
+    fd = _locked_fd(path, block=False)
+    try:
+        yield fd is not None
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def remove_if_free(path: str) -> bool:
+    """Unlink the lock file ``path`` if nobody holds it (taking its lock first); return
+    whether it was removed."""
+    if fcntl is None:
+        return False
+    try:
+        fd = os.open(path, (LOCK_FLAGS & ~os.O_CREAT), 0o600)
+    except OSError:
+        return False
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            yield False
-            return
-        yield True
+            return False
+        if not same_file(path, os.fstat(fd)):
+            return False
+        os.unlink(path)
+        return True
+    except OSError:
+        return False
     finally:
         os.close(fd)

@@ -4,66 +4,94 @@ from __future__ import annotations
 
 import collections
 import threading
+import weakref
 from typing import Optional
 
 import wasmtime
 
 from wasmcache.base import ModuleCache
-from wasmcache.engine import engine_id
 from wasmcache.errors import NotFound
 from wasmcache.hashing import ModuleHash
 
 
 class MemoryCache(ModuleCache):
-    """A thread-safe in-process cache keyed by (module hash, engine id); with
-    ``max_entries`` it keeps the most recently used entries only."""
+    """A thread-safe in-process cache keyed by (module hash, Engine object): a wasmtime
+    module belongs to the Engine that made it, so another Engine, even one of equal
+    settings, gets a miss here (and its own module from a disk tier behind). Engines are
+    held weakly: an Engine's modules go when it does. With ``max_entries`` only the most
+    recently used entries are kept."""
 
     def __init__(self, max_entries: Optional[int] = None) -> None:
         if max_entries is not None and max_entries < 1:
             raise ValueError("max_entries must be at least 1 (or None for no bound)")
         self.max_entries = max_entries
-        self._modules: collections.OrderedDict[tuple[ModuleHash, str], wasmtime.Module] = (
+        self._modules: weakref.WeakKeyDictionary[
+            wasmtime.Engine, collections.OrderedDict[ModuleHash, wasmtime.Module]
+        ] = weakref.WeakKeyDictionary()
+        self._order: collections.OrderedDict[tuple[int, ModuleHash], None] = (
             collections.OrderedDict()
         )
-        self._lock = threading.Lock()
+        # Reentrant: an Engine's finalizer may run (garbage collection) while it is held.
+        self._lock = threading.RLock()
 
     def __len__(self) -> int:
-        return len(self._modules)
+        with self._lock:
+            return sum(len(m) for m in self._modules.values())
 
     def __repr__(self) -> str:
         return f"MemoryCache(max_entries={self.max_entries}, entries={len(self)})"
 
     @staticmethod
-    def _slot(key: ModuleHash, engine: wasmtime.Engine) -> tuple[ModuleHash, str]:
+    def _check(key: ModuleHash, engine: wasmtime.Engine) -> None:
         if not isinstance(key, ModuleHash):
             raise TypeError(f"key must be a ModuleHash, not {type(key).__name__}")
-        return key, engine_id(engine)
+        if not isinstance(engine, wasmtime.Engine):
+            raise TypeError(f"expected a wasmtime.Engine, got {type(engine).__name__}")
 
     def load(self, key: ModuleHash, engine: wasmtime.Engine) -> wasmtime.Module:
-        slot = self._slot(key, engine)
+        self._check(key, engine)
         with self._lock:
-            try:
-                module = self._modules[slot]
-            except KeyError:
-                raise NotFound(f"no cached module for {key} in memory") from None
-            self._modules.move_to_end(slot)
+            module = self._modules.get(engine, {}).get(key)
+            if module is None:
+                raise NotFound(f"no cached module for {key} in memory for this engine")
+            self._order.move_to_end((id(engine), key))
             return module
 
     def save(self, key: ModuleHash, engine: wasmtime.Engine, module: wasmtime.Module) -> None:
+        self._check(key, engine)
         if not isinstance(module, wasmtime.Module):
             raise TypeError(f"expected a wasmtime.Module, got {type(module).__name__}")
-        slot = self._slot(key, engine)
         with self._lock:
-            self._modules[slot] = module
-            self._modules.move_to_end(slot)
+            per_engine = self._modules.get(engine)
+            if per_engine is None:
+                per_engine = self._modules[engine] = collections.OrderedDict()
+                weakref.finalize(engine, self._forget, id(engine))
+            per_engine[key] = module
+            self._order[(id(engine), key)] = None
+            self._order.move_to_end((id(engine), key))
             if self.max_entries is not None:
-                while len(self._modules) > self.max_entries:
-                    self._modules.popitem(last=False)
+                self._evict(self.max_entries)
+
+    def _evict(self, limit: int) -> None:
+        by_id = {id(e): m for e, m in self._modules.items()}
+        while len(self._order) > limit:
+            (engine_key, key), _ = self._order.popitem(last=False)
+            modules = by_id.get(engine_key)
+            if modules is not None:
+                modules.pop(key, None)
+
+    def _forget(self, engine_key: int) -> None:
+        """Drop the LRU records of an Engine that is gone (its modules went with it)."""
+        with self._lock:
+            for slot in [s for s in self._order if s[0] == engine_key]:
+                del self._order[slot]
 
     def contains(self, key: ModuleHash, engine: wasmtime.Engine) -> bool:
+        self._check(key, engine)
         with self._lock:
-            return self._slot(key, engine) in self._modules
+            return key in self._modules.get(engine, {})
 
     def clear(self) -> None:
         with self._lock:
             self._modules.clear()
+            self._order.clear()

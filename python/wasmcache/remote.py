@@ -18,7 +18,8 @@ from typing import Any, Optional, Union
 import wasmtime
 
 from wasmcache._image import artifact_bytes
-from wasmcache.artifact import ARTIFACT_VERSION, make_trailer
+from wasmcache import names
+from wasmcache.entry import make_trailer
 from wasmcache.base import ModuleCache
 from wasmcache.engine import engine_id
 from wasmcache.errors import (
@@ -80,9 +81,9 @@ class ObjectStoreCache(ModuleCache):
     """A cache in an S3-compatible bucket (AWS S3, MinIO, Ceph, R2...).
 
     ``url_or_bucket`` is ``"s3://bucket/some/prefix"`` or a bucket name; ``prefix`` is put
-    before every key (after any prefix in the URL). Downloads land in ``local_dir``
-    (default: :func:`~wasmcache.default_cache_dir`), the folder of the FileSystemCache this
-    one usually stands behind. Credentials and region come from the usual AWS environment
+    before every key (after any prefix in the URL). Downloads land in ``local``, the
+    FileSystemCache this one usually stands behind (default: one in ``local_dir``, or in
+    :func:`~wasmcache.default_cache_dir`), verified before they are renamed into place. Credentials and region come from the usual AWS environment
     variables unless given; ``endpoint`` (with ``allow_http`` for plain http) points at a
     non-AWS store. ``store`` takes a ready obstore store instead.
 
@@ -98,6 +99,7 @@ class ObjectStoreCache(ModuleCache):
         url_or_bucket: Optional[str] = None,
         *,
         prefix: str = "",
+        local: Optional[FileSystemCache] = None,
         local_dir: Union[str, os.PathLike[str], None] = None,
         endpoint: Optional[str] = None,
         region: Optional[str] = None,
@@ -111,7 +113,11 @@ class ObjectStoreCache(ModuleCache):
         store: Any = None,
     ) -> None:
         obstore = _obstore()
-        self.local = FileSystemCache(local_dir)
+        if local is not None and local_dir is not None:
+            raise ValueError("give local or local_dir, not both")
+        if local is not None and not isinstance(local, FileSystemCache):
+            raise TypeError(f"local must be a FileSystemCache, not {type(local).__name__}")
+        self.local = local if local is not None else FileSystemCache(local_dir)
         self.lease_seconds = lease_seconds
         self.poll_seconds = poll_seconds
         url_prefix = ""
@@ -152,12 +158,11 @@ class ObjectStoreCache(ModuleCache):
     def __repr__(self) -> str:
         return f"ObjectStoreCache({self.url!r}, prefix={self.prefix!r})"
 
-    def object_key(self, key: ModuleHash, engine: wasmtime.Engine, suffix: str = ".bin") -> str:
-        """``<prefix>/<engine id>-v<N>/<HASH>.bin``."""
+    def object_key(self, key: ModuleHash, engine: wasmtime.Engine, *, lease: bool = False) -> str:
+        """``<prefix>/<engine id>-v<N>/<HASH>.bin`` (or ``.lease``)."""
         if not isinstance(key, ModuleHash):
             raise TypeError(f"key must be a ModuleHash, not {type(key).__name__}")
-        name = f"{engine_id(engine)}-v{ARTIFACT_VERSION}/{key}{suffix}"
-        return f"{self.prefix}/{name}" if self.prefix else name
+        return names.object_name(self.prefix, engine_id(engine), key, lease=lease)
 
     # -- the ModuleCache methods ------------------------------------------------------------
 
@@ -217,7 +222,7 @@ class ObjectStoreCache(ModuleCache):
         """A lease object beside the entry: taken by a conditional put; others wait until
         the entry appears, the lease is released, or it grows older than lease_seconds."""
         obstore = _obstore()
-        lease = self.object_key(key, engine, ".lease")
+        lease = self.object_key(key, engine, lease=True)
         held = False
         try:
             held = self._take_lease(obstore, key, engine, lease)

@@ -1,53 +1,16 @@
-"""The on-disk entry format and what wasmcache needs to know about wasmtime's ELF artifacts.
-
-An entry is the artifact exactly as wasmtime serialized it, followed by a 24-byte trailer:
-payload length (u64 LE), XXH3-64 of the payload (u64 LE), and the magic ``b"WMCACHE1"``.
-"""
+"""What wasmcache needs to know about wasmtime's artifacts, which are ELF images: where one
+ends (its section header table is written last) and what a named section holds."""
 
 from __future__ import annotations
 
-import re
 import struct
 from typing import NamedTuple, Optional, Union
 
-import xxhash
-
 Buffer = Union[bytes, bytearray, memoryview]
 
-#: Version of the on-disk format; part of every entry's folder name.
-ARTIFACT_VERSION = 1
-
-MAGIC = b"WMCACHE1"
-TRAILER = struct.Struct("<QQ8s")
-TRAILER_SIZE = TRAILER.size
 ELF_MAGIC = b"\x7fELF"
-
-#: File names of entries: the key's uppercase hex (xxhash or sha256) + ".bin".
-ENTRY_NAME = re.compile(r"(?:[0-9A-F]{16}|[0-9A-F]{64})\.bin")
-#: File names of temp files a save writes before renaming (see csrc/atomic_write.c).
-TEMP_NAME = re.compile(r"\.(?:[0-9A-F]{16}|[0-9A-F]{64})\.bin\.[0-9]+\.[0-9a-f]{16}\.tmp")
-
-
-class Trailer(NamedTuple):
-    payload_length: int
-    checksum: int
-
-
-def checksum(payload: Buffer) -> int:
-    """XXH3-64 of the payload."""
-    return xxhash.xxh3_64_intdigest(payload)
-
-
-def make_trailer(payload: Buffer) -> bytes:
-    return TRAILER.pack(len(payload), checksum(payload), MAGIC)
-
-
-def read_trailer(tail: bytes) -> Optional[Trailer]:
-    """The trailer in the last 24 bytes of a file, or None if they are not one."""
-    if len(tail) != TRAILER_SIZE:
-        return None
-    length, digest, magic = TRAILER.unpack(tail)
-    return Trailer(length, digest) if magic == MAGIC else None
+#: Bytes of an ELF file header (64-bit; a 32-bit one is shorter).
+ELF_HEADER_SIZE = 64
 
 
 class _ElfLayout(NamedTuple):
@@ -78,10 +41,6 @@ def _elf_layout(data: Buffer) -> Optional[_ElfLayout]:
     return _ElfLayout(endian, elf_class == 2, shoff, shentsize, shnum, shstrndx)
 
 
-#: Bytes of an ELF file header (64-bit; a 32-bit one is shorter).
-ELF_HEADER_SIZE = 64
-
-
 def elf_extent(header: Buffer) -> Optional[int]:
     """Where the ELF image that starts with ``header`` ends (the end of its section header
     table), read from the file header alone; None if ``header`` is not one."""
@@ -92,9 +51,8 @@ def elf_extent(header: Buffer) -> Optional[int]:
 
 
 def elf_length(data: Buffer) -> Optional[int]:
-    """Length of the ELF image at the start of ``data`` (its section header table is last
-    in wasmtime artifacts), or None if ``data`` does not start with a whole ELF header and
-    section table."""
+    """Length of the ELF image at the start of ``data``, or None if ``data`` does not start
+    with a whole ELF header and section table."""
     end = elf_extent(data)
     return end if end is not None and end <= len(memoryview(data)) else None
 

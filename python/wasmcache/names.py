@@ -1,0 +1,114 @@
+"""Every name wasmcache gives a file, folder or object, and how each is recognised.
+
+Entry paths come from the C builder (``wmc_cache_path``) and temp names from
+``wmc_temp_path``; everything else is built here. Nothing outside this module builds or
+matches a name in a cache folder or a bucket.
+
+A cache folder holds::
+
+    <cache_dir>/<engine id>-v<N>/<HASH>.bin        an entry
+    <cache_dir>/<engine id>-v<N>/.<HASH>.bin.<pid>.<16 hex>.tmp   a save in progress
+    <cache_dir>/<engine id>-v<N>/.<HASH>.lock      the compile lock of one key
+    <cache_dir>/.prune.lock, .last-prune           automatic pruning's lock and stamp
+    <cache_dir>/index/<64 hex>                     direct mode: file stamp -> key
+    <cache_dir>/index/.<64 hex>.<pid>.<16 hex>.tmp an index record being written
+
+and a bucket ``<prefix>/<engine id>-v<N>/<HASH>.bin`` and ``.../<HASH>.lease``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Optional
+
+from wasmcache import _core
+from wasmcache.hashing import ModuleHash
+
+#: Version of the on-disk format; part of every engine folder's name.
+ARTIFACT_VERSION = 1
+
+_KEY = r"(?:[0-9A-F]{16}|[0-9A-F]{64})"
+_ENGINE_FOLDER = re.compile(r"[A-Za-z0-9._-]+-v[0-9]+")
+_ENTRY = re.compile(rf"({_KEY})\.bin")
+_TEMP = re.compile(rf"\.(?:{_KEY}\.bin|[0-9a-f]{{64}})\.[0-9]+\.[0-9a-f]{{16}}\.tmp")
+_LOCK = re.compile(rf"\.{_KEY}\.lock")
+_INDEX_RECORD = re.compile(r"[0-9a-f]{64}")
+
+PRUNE_LOCK = ".prune.lock"
+PRUNE_STAMP = ".last-prune"
+INDEX_FOLDER = "index"
+
+
+# -- building --------------------------------------------------------------------------
+
+
+def entry_path(cache_dir: bytes, engine_id: str, key: ModuleHash) -> str:
+    """``<cache_dir>/<engine id>-v<N>/<HASH>.bin``."""
+    raw = _core.cache_path(cache_dir, engine_id.encode("ascii"), ARTIFACT_VERSION, key.digest)
+    return os.fsdecode(raw)
+
+
+def temp_path(target: str) -> str:
+    """A fresh temp name beside ``target``, for writing it: ``.<name>.<pid>.<16 hex>.tmp``."""
+    suffix = int.from_bytes(os.urandom(8), "little")
+    return os.fsdecode(_core.temp_path(os.fsencode(target), os.getpid(), suffix))
+
+
+def lock_path(entry: str) -> str:
+    """The compile lock of an entry: ``<engine folder>/.<HASH>.lock``."""
+    folder, name = os.path.split(entry)
+    return os.path.join(folder, f".{name[: -len('.bin')]}.lock")
+
+
+def prune_lock_path(cache_dir: str) -> str:
+    return os.path.join(cache_dir, PRUNE_LOCK)
+
+
+def prune_stamp_path(cache_dir: str) -> str:
+    return os.path.join(cache_dir, PRUNE_STAMP)
+
+
+def index_folder(cache_dir: str) -> str:
+    return os.path.join(cache_dir, INDEX_FOLDER)
+
+
+def index_record_path(cache_dir: str, stamp_digest: str) -> str:
+    """Where direct mode keeps the key of one file stamp (its SHA-256, lowercase hex)."""
+    if not _INDEX_RECORD.fullmatch(stamp_digest):
+        raise ValueError(f"not a stamp digest: {stamp_digest!r}")
+    return os.path.join(cache_dir, INDEX_FOLDER, stamp_digest)
+
+
+def object_name(prefix: str, engine_id: str, key: ModuleHash, *, lease: bool = False) -> str:
+    """``<prefix>/<engine id>-v<N>/<HASH>.bin`` (or ``.lease``) in a bucket: the entry's
+    path relative to a cache folder, from the same builder."""
+    relative = entry_path(b".", engine_id, key)[2:]  # drop "./"
+    if lease:
+        relative = relative[: -len(".bin")] + ".lease"
+    return f"{prefix}/{relative}" if prefix else relative
+
+
+# -- recognising -----------------------------------------------------------------------
+
+
+def is_engine_folder(name: str) -> bool:
+    return _ENGINE_FOLDER.fullmatch(name) is not None
+
+
+def entry_key(name: str) -> Optional[ModuleHash]:
+    """The key an entry file name stands for, or None if ``name`` is not an entry's."""
+    match = _ENTRY.fullmatch(name)
+    return ModuleHash.parse(match.group(1)) if match else None
+
+
+def is_temp(name: str) -> bool:
+    return _TEMP.fullmatch(name) is not None
+
+
+def is_lock(name: str) -> bool:
+    return _LOCK.fullmatch(name) is not None
+
+
+def is_index_record(name: str) -> bool:
+    return _INDEX_RECORD.fullmatch(name) is not None
