@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
-import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -20,9 +19,8 @@ from wasmcache import synth
 from wasmcache._image import artifact_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))  # the shared test helpers (support.py)
 BENCH_CACHE = Path(os.environ.get("WASMCACHE_BENCH_CACHE", ROOT / ".bench-cache"))
-WEEZL_DIR = ROOT / "tools" / "weezl-ref"
-WEEZL = WEEZL_DIR / "target" / "release" / "weezl-ref"
 SEED_MB = 142.0  # the seed's php.wasm artifact: save 408 ms, load 155 ms
 SEED_SAVE_MS, SEED_LOAD_MS = 408.0, 155.0
 
@@ -139,16 +137,3 @@ def record(
             info["target_ratio"] = target
             info["target_met"] = best / baseline <= target
     info.update(extra)
-
-
-def weezl_binary() -> Path | None:
-    """The weezl reference tool, built offline on first use when cargo and Debian's
-    librust-weezl-dev are there."""
-    if not WEEZL.exists() and shutil.which("cargo"):
-        subprocess.run(
-            ["cargo", "build", "--release", "--offline", "--quiet"],
-            cwd=WEEZL_DIR,
-            check=False,
-            capture_output=True,
-        )
-    return WEEZL if WEEZL.exists() else None

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 
 import pytest
 import wasmtime
 
+import support
 import wasmcache as wc
 from conftest import record
 
@@ -21,43 +18,21 @@ pytest.importorskip("obstore")
 boto3 = pytest.importorskip("boto3")
 pytest.importorskip("moto")
 
-CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "bench",
-    "AWS_SECRET_ACCESS_KEY": "bench",
-    "AWS_REGION": "us-east-1",
-}
-
 
 @pytest.fixture(scope="module")
 def s3():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, **CREDENTIALS}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    for _ in range(600):
+    with support.moto_server() as endpoint:
+        saved = {name: os.environ.get(name) for name in support.S3_CREDENTIALS}
+        os.environ.update(support.S3_CREDENTIALS)
+        support.s3_client(endpoint).create_bucket(Bucket="bench")
         try:
-            urllib.request.urlopen(endpoint, timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    os.environ.update(CREDENTIALS)
-    boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id="bench",
-        aws_secret_access_key="bench",
-        region_name="us-east-1",
-    ).create_bucket(Bucket="bench")
-    yield endpoint
-    server.terminate()
-    server.wait(timeout=10)
+            yield endpoint
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 def test_remote_hit(benchmark, dataset, s3, tmp_path):

@@ -87,7 +87,9 @@ def test_atomic_write_takes_the_length_from_the_buffer(tmp_path):
 def test_atomic_write_large_and_fsync(tmp_path):
     payload = os.urandom(3 << 20)
     target = tmp_path / "big.bin"
-    _core.atomic_write(names.temp_path(str(target)), str(target), memoryview(payload), b"", fsync=True)
+    _core.atomic_write(
+        names.temp_path(str(target)), str(target), memoryview(payload), b"", fsync=True
+    )
     assert target.read_bytes() == payload
 
 
@@ -135,7 +137,9 @@ def test_atomic_write_never_opens_a_planted_link_at_its_temp_name(tmp_path):
     assert not (tmp_path / "created-through-link").exists()
 
 
-def test_save_picks_another_temp_name_past_a_planted_link(cache, key, engine, add_module, monkeypatch):
+def test_save_picks_another_temp_name_past_a_planted_link(
+    cache, key, engine, add_module, monkeypatch
+):
     """FileSystemCache.save plants nothing through a link at the name it first tries."""
     path = str(cache.path(key, engine))
     os.makedirs(os.path.dirname(path))

@@ -18,8 +18,7 @@ import wasmtime
 
 import wasmcache as wc
 import workers
-from wasmcache import synth
-from wasmcache import names
+from wasmcache import names, synth
 
 STRESS_SECONDS = float(os.environ.get("WASMCACHE_STRESS_SECONDS", "10"))
 KILLS = int(os.environ.get("WASMCACHE_KILLS", "24"))

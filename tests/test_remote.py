@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import subprocess
 import sys
 import textwrap
 import time
-import urllib.request
 
 import pytest
 import wasmtime
 
+import support
 import wasmcache as wc
 from conftest import call_add
 from wasmcache import synth
@@ -22,43 +21,13 @@ pytest.importorskip("obstore")
 boto3 = pytest.importorskip("boto3")
 pytest.importorskip("moto")
 
-CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_REGION": "us-east-1",
-}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+CREDENTIALS = support.S3_CREDENTIALS
 
 
 @pytest.fixture(scope="session")
 def s3_endpoint():
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, **CREDENTIALS},
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(endpoint, timeout=1).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                server.kill()
-                pytest.fail("moto server did not start")
-            time.sleep(0.1)
-    yield endpoint
-    server.terminate()
-    server.wait(timeout=10)
+    with support.moto_server() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(autouse=True)
@@ -70,13 +39,7 @@ def aws_env(monkeypatch):
 @pytest.fixture(scope="session")
 def s3(s3_endpoint):
     """A boto3 client of the test server, for setting up and tampering with objects."""
-    return boto3.client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    )
+    return support.s3_client(s3_endpoint)
 
 
 _bucket_count = 0
@@ -176,7 +139,7 @@ def test_missing_bucket(s3_endpoint, tmp_path, engine, add_module, key):
 def test_unreachable_store(tmp_path, engine, add_module, key):
     cache = wc.ObjectStoreCache(
         "some-bucket",
-        endpoint=f"http://127.0.0.1:{_free_port()}",
+        endpoint=f"http://127.0.0.1:{support.free_port()}",
         local_dir=tmp_path,
         max_retries=0,
         timeout=5,
@@ -223,7 +186,7 @@ def test_remote_failure_never_breaks_a_local_hit(tmp_path, engine, add_module, k
     disk.save(key, engine, add_module)
     dead = wc.ObjectStoreCache(
         "b",
-        endpoint=f"http://127.0.0.1:{_free_port()}",
+        endpoint=f"http://127.0.0.1:{support.free_port()}",
         local_dir=tmp_path / "here",
         max_retries=0,
         timeout=2,

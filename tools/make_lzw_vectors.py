@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-from lzw_codes import CLEAR, END, pack  # noqa: E402  (the tests' code packer)
+from support import CLEAR, END, pack, weezl, weezl_binary  # noqa: E402  (shared test helpers)
 
-WEEZL_DIR = ROOT / "tools" / "weezl-ref"
-WEEZL = WEEZL_DIR / "target" / "release" / "weezl-ref"
 OUTPUT = ROOT / "tests" / "data" / "lzw_vectors.json"
 
 # weezl 0.1.5 rejects a stream without a leading clear code; weezl 0.1.7 and later accept
@@ -31,17 +28,6 @@ TODAYS_WEEZL = {
     "no_leading_clear": b"AB",
     "no_leading_clear_kwkwk": b"AAAB",
 }
-
-
-def build_weezl() -> None:
-    subprocess.run(
-        ["cargo", "build", "--release", "--offline", "--quiet"], cwd=WEEZL_DIR, check=True
-    )
-
-
-def weezl(command: str, data: bytes) -> bytes | None:
-    done = subprocess.run([str(WEEZL), command], input=data, capture_output=True)
-    return done.stdout if done.returncode == 0 else None
 
 
 def sample_inputs() -> dict[str, bytes]:
@@ -92,7 +78,8 @@ def crafted_streams(weezl_text: bytes) -> dict[str, bytes]:
 
 
 def main() -> None:
-    build_weezl()
+    if weezl_binary(build=True) is None:
+        raise SystemExit("tools/weezl-ref did not build (needs cargo + librust-weezl-dev)")
     inputs = sample_inputs()
     encode_vectors = []
     for name, data in inputs.items():
@@ -106,7 +93,7 @@ def main() -> None:
         source = "weezl 0.1.5"
         if name in TODAYS_WEEZL:
             assert result is None, f"{name}: weezl 0.1.5 was expected to reject it"
-            result, source = TODAYS_WEEZL[name], "DESIGN.md section 5 (weezl >= 0.1.7)"
+            result, source = TODAYS_WEEZL[name], "docs/design.md (weezl >= 0.1.7)"
         decode_vectors.append(
             {
                 "name": name,

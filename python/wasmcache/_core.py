@@ -88,9 +88,7 @@ def lzw_decode_view(
     out_len = ffi.new("size_t *")
     err_offset = ffi.new("size_t *")
     flags = lib.WMC_LZW_EXPECT_ELF if expect_elf else 0
-    status = lib.wmc_lzw_decode(
-        src, len(src), cap, flags, out_buf, out_data, out_len, err_offset
-    )
+    status = lib.wmc_lzw_decode(src, len(src), cap, flags, out_buf, out_data, out_len, err_offset)
     _check(status, what=f"output cap {cap} bytes", offset=err_offset[0])
     owner = ffi.gc(out_buf[0], lib.wmc_free)
     skip = int(ffi.cast("uintptr_t", out_data[0])) - int(ffi.cast("uintptr_t", owner))

@@ -13,7 +13,13 @@ import wasmtime
 
 from wasmcache import direct, locks
 from wasmcache.engine import engine_id
-from wasmcache.errors import CacheError, DeserializeError, NotFound, UnsafeCacheError, UnsafeEntryError
+from wasmcache.errors import (
+    CacheError,
+    DeserializeError,
+    NotFound,
+    UnsafeCacheError,
+    UnsafeEntryError,
+)
 from wasmcache.hashing import ModuleHash
 
 if TYPE_CHECKING:

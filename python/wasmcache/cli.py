@@ -18,9 +18,9 @@ from typing import Callable, Optional
 import wasmtime
 
 from wasmcache import synth
+from wasmcache.config import default_cache_dir
 from wasmcache.engine import engine_id
 from wasmcache.errors import CacheError
-from wasmcache.config import default_cache_dir
 from wasmcache.filesystem import FileSystemCache
 from wasmcache.hashing import ModuleHash
 from wasmcache.progress import elapsed

@@ -17,11 +17,11 @@ from typing import Any, Optional, Union
 
 import wasmtime
 
-from wasmcache._image import artifact_bytes
 from wasmcache import names
-from wasmcache.entry import make_trailer
+from wasmcache._image import artifact_bytes
 from wasmcache.base import ModuleCache
 from wasmcache.engine import engine_id
+from wasmcache.entry import make_trailer
 from wasmcache.errors import (
     CacheError,
     NotFound,
@@ -83,9 +83,10 @@ class ObjectStoreCache(ModuleCache):
     ``url_or_bucket`` is ``"s3://bucket/some/prefix"`` or a bucket name; ``prefix`` is put
     before every key (after any prefix in the URL). Downloads land in ``local``, the
     FileSystemCache this one usually stands behind (default: one in ``local_dir``, or in
-    :func:`~wasmcache.default_cache_dir`), verified before they are renamed into place. Credentials and region come from the usual AWS environment
-    variables unless given; ``endpoint`` (with ``allow_http`` for plain http) points at a
-    non-AWS store. ``store`` takes a ready obstore store instead.
+    :func:`~wasmcache.default_cache_dir`), verified before they are renamed into place.
+    Credentials and region come from the usual AWS environment variables unless given;
+    ``endpoint`` (with ``allow_http`` for plain http) points at a non-AWS store. ``store``
+    takes a ready obstore store instead.
 
     Concurrent misses across the fleet compile once: ``load_or_compile`` takes a lease
     object (a conditional put of ``<HASH>.lease`` beside the entry), others wait for the

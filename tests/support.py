@@ -1,0 +1,225 @@
+"""Helpers shared by the tests, the benches and tools/: a loopback S3 server, the plain
+Python LZW decoder, the weezl reference tool, and processes that start a race together.
+
+Benches and tools put this folder on ``sys.path`` to import it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+WEEZL_DIR = ROOT / "tools" / "weezl-ref"
+WEEZL = WEEZL_DIR / "target" / "release" / "weezl-ref"
+
+CLEAR, END = 256, 257
+
+
+# -- LZW -------------------------------------------------------------------------------
+
+
+def reference_lzw_decode(data: bytes) -> bytes:
+    """A plain Python LZW decoder (MSB bit order, 8-bit symbols, weezl's rules: widen after
+    adding entry 2^w - 1, full table frozen until a clear), independent of the C one.
+    Raises ValueError for a bad code or a missing end code."""
+    out = bytearray()
+    table: list[bytes] = []
+    width, prev = 9, b""
+    bits = nbits = pos = 0
+    fresh = True  # no clear seen yet: the table starts as after one
+    while True:
+        while nbits < width:
+            if pos == len(data):
+                raise ValueError("no end code")
+            bits = (bits << 8) | data[pos]
+            pos += 1
+            nbits += 8
+        nbits -= width
+        code = (bits >> nbits) & ((1 << width) - 1)
+        bits &= (1 << nbits) - 1
+        if fresh or code == CLEAR:
+            table = [bytes([i]) for i in range(256)] + [b"", b""]
+            width, prev, fresh = 9, b"", False
+            if code == CLEAR:
+                continue
+        if code == END:
+            return bytes(out)
+        if code < len(table) and code != CLEAR:
+            entry = table[code]
+        elif code == len(table) and prev:
+            entry = prev + prev[:1]
+        else:
+            raise ValueError("bad code")
+        if prev and len(table) < 4096:
+            table.append(prev + entry[:1])
+            if len(table) == 1 << width and width < 12:
+                width += 1
+        out += entry
+        prev = entry
+
+
+def pack(codes: Sequence[int]) -> bytes:
+    """Pack LZW codes MSB first at the widths a weezl decoder reads them (the width grows
+    after the decoder adds entry 2^w - 1): for crafting edge-case streams."""
+    bits, nbits, out = 0, 0, bytearray()
+    width, next_free, have_prev = 9, 258, False
+    for code in codes:
+        bits = (bits << width) | code
+        nbits += width
+        while nbits >= 8:
+            nbits -= 8
+            out.append((bits >> nbits) & 0xFF)
+        if code == CLEAR:
+            width, next_free, have_prev = 9, 258, False
+        elif code == END:
+            break
+        else:
+            if have_prev and next_free < 4096:
+                if next_free == (1 << width) - 1 and width < 12:
+                    width += 1
+                next_free += 1
+            have_prev = True
+    if nbits:
+        out.append((bits << (8 - nbits)) & 0xFF)
+    return bytes(out)
+
+
+def weezl_binary(*, build: bool = False) -> Optional[Path]:
+    """The weezl reference tool (tools/weezl-ref), built offline first with ``build`` when
+    cargo and Debian's librust-weezl-dev are there; None if it is not available."""
+    if build and not WEEZL.exists() and shutil.which("cargo"):
+        subprocess.run(
+            ["cargo", "build", "--release", "--offline", "--quiet"],
+            cwd=WEEZL_DIR,
+            check=False,
+            capture_output=True,
+        )
+    return WEEZL if WEEZL.exists() else None
+
+
+def weezl(command: str, data: bytes) -> Optional[bytes]:
+    """weezl-ref's answer to ``command`` (encode or decode) on ``data``; None if it
+    rejects the input."""
+    binary = weezl_binary()
+    if binary is None:
+        raise RuntimeError("tools/weezl-ref is not built")
+    done = subprocess.run([str(binary), command], input=data, capture_output=True)
+    return done.stdout if done.returncode == 0 else None
+
+
+# -- a loopback S3 server --------------------------------------------------------------
+
+
+S3_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def moto_server(timeout: float = 60.0) -> Iterator[str]:
+    """moto's S3 server on a free loopback port for the block; yields its endpoint URL."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **S3_CREDENTIALS},
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(endpoint, timeout=1).close()
+                break
+            except OSError as exc:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError(f"moto server did not start on {endpoint}") from exc
+                time.sleep(0.05)
+        yield endpoint
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def s3_client(endpoint: str):  # type: ignore[no-untyped-def]
+    """A boto3 client of a test server, for setting up and tampering with objects."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        region_name=S3_CREDENTIALS["AWS_REGION"],
+    )
+
+
+# -- processes that start together ---------------------------------------------------------
+
+#: Put at the top of a racer's script: it says it is ready, then waits for the go file.
+RACE_PRELUDE = """
+import os as _os, sys as _sys, time as _time
+print("ready", flush=True)
+_deadline = _time.monotonic() + 120
+while not _os.path.exists(_sys.argv[1]):
+    if _time.monotonic() > _deadline:
+        raise SystemExit("no start signal")
+    _time.sleep(0.0005)
+"""
+
+
+def race(
+    script: str, count: int, go_file: Path, *, timeout: float = 300.0
+) -> list[subprocess.CompletedProcess[str]]:
+    """Run ``count`` Python processes of ``script`` (which starts with RACE_PRELUDE), start
+    them together once all are ready, and return their results (stdout without "ready")."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(go_file)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(count)
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            if line != "ready\n":
+                raise RuntimeError(f"a racer did not start: {line!r} {proc.communicate()}")
+        go_file.write_text("go")
+        results = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=timeout)
+            results.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+        return results
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
