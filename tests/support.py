@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Optional
 
@@ -193,18 +193,24 @@ while not _os.path.exists(_sys.argv[1]):
 
 
 def race(
-    script: str, count: int, go_file: Path, *, timeout: float = 300.0
+    script: str,
+    count: int,
+    go_file: Path,
+    *,
+    args: Callable[[int], Sequence[str]] = lambda i: (),
+    timeout: float = 300.0,
 ) -> list[subprocess.CompletedProcess[str]]:
-    """Run ``count`` Python processes of ``script`` (which starts with RACE_PRELUDE), start
-    them together once all are ready, and return their results (stdout without "ready")."""
+    """Run ``count`` Python processes of ``script`` (which starts with RACE_PRELUDE; racer
+    ``i`` gets ``sys.argv[2:] == args(i)``), start them together once all are ready, and
+    return their results (stdout without "ready")."""
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", script, str(go_file)],
+            [sys.executable, "-c", script, str(go_file), *args(i)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for _ in range(count)
+        for i in range(count)
     ]
     try:
         for proc in procs:

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import wasmtime
@@ -32,7 +31,19 @@ HELLO_WAT = """
     (call $proc_exit (i32.add (i32.const 40) (i32.load (i32.const 100))))))
 """
 
-LOOP_WAT = '(module (memory (export "memory") 1) (func (export "_start") (loop $l (br $l))))'
+# Says "looping" on stdout, then spins forever.
+LOOP_WAT = """
+(module
+  (import "wasi_snapshot_preview1" "fd_write"
+    (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "looping\\n")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 8))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (loop $l (br $l))))
+"""
 
 
 @pytest.fixture
@@ -100,7 +111,7 @@ def test_run_is_interrupted_by_ctrl_c(tmp_path, env):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    time.sleep(2.0)
+    assert proc.stdout.readline() == b"looping\n"  # the guest runs: now interrupt it
     assert proc.poll() is None
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=20) == 130

@@ -6,6 +6,7 @@ import pytest
 import wasmtime
 
 import wasmcache as wc
+from wasmcache import names
 
 SAFE = re.compile(r"[A-Za-z0-9._-]+")
 
@@ -55,5 +56,16 @@ def test_engine_id_rejects_non_engines():
         wc.engine_id("engine")  # type: ignore[arg-type]
 
 
-def test_artifact_version_is_int():
-    assert isinstance(wc.ARTIFACT_VERSION, int) and wc.ARTIFACT_VERSION >= 1
+def test_artifact_version_names_the_folder_and_a_new_version_misses(
+    tmp_path, engine, key, add_module, monkeypatch
+):
+    """Entries of another format version live in another folder: they are never read."""
+    cache = wc.FileSystemCache(tmp_path)
+    cache.save(key, engine, add_module)
+    folder = cache.path(key, engine).parent.name
+    assert folder == f"{wc.engine_id(engine)}-v{wc.ARTIFACT_VERSION}"
+    monkeypatch.setattr(names, "ARTIFACT_VERSION", wc.ARTIFACT_VERSION + 1)
+    assert cache.path(key, engine).parent.name.endswith(f"-v{wc.ARTIFACT_VERSION + 1}")
+    assert not cache.contains(key, engine)
+    with pytest.raises(wc.NotFound):
+        cache.load(key, engine)

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 import wasmtime
@@ -234,31 +233,23 @@ def test_load_or_compile_compiles_once_per_fleet(s3_endpoint, bucket, tmp_path):
     the others wait for its upload and download it."""
     wasm_path = tmp_path / "slow.wasm"
     wasm_path.write_bytes(synth.data_module(1 << 20, functions=4000, seed=41))
-    script = textwrap.dedent(f"""
-        import logging, sys, time, wasmtime, wasmcache as wc
+    script = support.RACE_PRELUDE + textwrap.dedent(f"""
+        import logging, sys, wasmtime, wasmcache as wc
         logging.basicConfig(level=logging.DEBUG, stream=sys.stdout, format="%(message)s")
         engine = wasmtime.Engine()
-        local = sys.argv[1]
+        local = sys.argv[2]
         stack = wc.FileSystemCache(local).with_fallback(wc.ObjectStoreCache(
             {bucket!r}, prefix="fleet", endpoint={s3_endpoint!r}, local_dir=local,
             max_retries=0, timeout=30, poll_seconds=0.1))
-        while time.time() < float(sys.argv[2]):
-            time.sleep(0.001)
         module = stack.load_or_compile(engine, {str(wasm_path)!r})
         store = wasmtime.Store(engine)
         assert wasmtime.Instance(store, module, []).exports(store)["add"](store, 1, 2) == 3
     """)
-    go = str(time.time() + 3.0)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", script, str(tmp_path / f"machine-{i}"), go],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(3)
-    ]
-    outputs = [p.communicate(timeout=180)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), outputs
+    done = support.race(
+        script, 3, tmp_path / "go", args=lambda i: [str(tmp_path / f"machine-{i}")], timeout=180
+    )
+    outputs = [d.stdout + d.stderr for d in done]
+    assert all(d.returncode == 0 for d in done), outputs
     lines = [line for out in outputs for line in out.splitlines()]
     uploads = sum(line.startswith("uploaded") for line in lines)
     downloads = sum(line.startswith("remote hit") for line in lines)

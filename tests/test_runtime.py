@@ -13,6 +13,7 @@ import time
 import pytest
 import wasmtime
 
+import support
 import wasmcache as wc
 from conftest import call_add
 from wasmcache import synth
@@ -90,24 +91,18 @@ def test_concurrent_misses_compile_once_across_processes(tmp_path):
     """Several processes miss the same key at once: exactly one compiles and saves."""
     wasm_path = tmp_path / "slow.wasm"
     wasm_path.write_bytes(synth.data_module(1 << 20, functions=3000, seed=11))
-    script = textwrap.dedent(f"""
-        import logging, sys, time, wasmtime, wasmcache as wc
+    script = support.RACE_PRELUDE + textwrap.dedent(f"""
+        import logging, sys, wasmtime, wasmcache as wc
         logging.basicConfig(level=logging.DEBUG, stream=sys.stdout, format="%(message)s")
         cache = wc.FileSystemCache({str(tmp_path / "cache")!r})
         engine = wasmtime.Engine()
-        while time.time() < float(sys.argv[1]):
-            time.sleep(0.001)
         module = cache.load_or_compile(engine, {str(wasm_path)!r})
         store = wasmtime.Store(engine)
         assert wasmtime.Instance(store, module, []).exports(store)["add"](store, 1, 2) == 3
     """)
-    go = str(time.time() + 3.0)
-    procs = [
-        subprocess.Popen([sys.executable, "-c", script, go], stdout=subprocess.PIPE, text=True)
-        for _ in range(4)
-    ]
-    outputs = [p.communicate(timeout=120)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), outputs
+    done = support.race(script, 4, tmp_path / "go", timeout=120)
+    assert all(d.returncode == 0 for d in done), [d.stdout + d.stderr for d in done]
+    outputs = [d.stdout for d in done]
     saves = sum(line.startswith("saved") for out in outputs for line in out.splitlines())
     hits = sum(line.startswith("hit") for out in outputs for line in out.splitlines())
     print(f"\n4 processes: {saves} compile+save, {hits} hits")
@@ -283,17 +278,25 @@ def test_prune_keeps_loaded_modules_valid(tmp_path, engine):
 
 def test_prune_removes_empty_engine_folders_and_ignores_strangers(tmp_path, engine):
     cache = wc.FileSystemCache(tmp_path)
-    _fill(cache, engine, 1)
+    _fill(cache, engine, 2)
     old = tmp_path / "wasmtime-0.1-deadbeef-v1"
     old.mkdir()
-    stranger = tmp_path / "notes-v2"
-    stranger.mkdir()
-    (stranger / "0123456789ABCDEF.bin").write_text("not ours to prune? it is in our format")
-    keep = tmp_path / "README"
-    keep.write_text("keep me")
-    cache.prune(max_bytes=1 << 40)
+    engine_dir = next(p for p in tmp_path.iterdir() if p.name.startswith("wasmtime-50"))
+    strangers = [
+        tmp_path / "README",  # not an engine folder's name
+        tmp_path / "notes" / "0123456789ABCDEF.bin",  # an entry's name, outside engine folders
+        engine_dir / "notes.txt",  # not an entry's name
+        engine_dir / "0123456789abcdef.bin",  # lowercase: not a name wasmcache writes
+    ]
+    for stranger in strangers:
+        stranger.parent.mkdir(exist_ok=True)
+        stranger.write_text("not wasmcache's")
+    removed = cache.prune(max_bytes=0)
+    assert len(removed) == 2 and cache.entries() == []
     assert not old.exists()
-    assert keep.exists()
+    assert engine_dir.is_dir()  # still holds strangers, so not removed
+    for stranger in strangers:
+        assert stranger.read_text() == "not wasmcache's", stranger
 
 
 def test_automatic_prune_after_save(tmp_path, engine):
