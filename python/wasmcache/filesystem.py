@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
-import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Optional, Union
 
 import wasmtime
 
-from wasmcache import _core, entry, legacy, locks, maintenance, names, safefs
+from wasmcache import entry, legacy, locks, maintenance, names, safefs
 from wasmcache._image import artifact_bytes
 from wasmcache.base import ModuleCache
 from wasmcache.config import default_cache_dir
@@ -27,18 +25,15 @@ from wasmcache.errors import (
     UnsafeCacheError,
 )
 from wasmcache.hashing import ModuleHash
-from wasmcache.maintenance import CacheEntry
 
 log = logging.getLogger("wasmcache")
 
 # Loading through /proc/self/fd/N maps exactly the file that was checked, even if another
 # process renames a new entry over the path in between.
 _FD_PATHS = os.path.isdir("/proc/self/fd")
-#: Attempts at creating a file whose folder a concurrent prune may remove meanwhile.
-_CREATE_ATTEMPTS = 8
 
 
-class FileSystemCache(ModuleCache):
+class FileSystemCache(maintenance.Housekeeping, ModuleCache):
     """Compiled modules stored as ``<cache_dir>/<engine id>-v<N>/<HASH>.bin``.
 
     ``cache_dir`` defaults to :func:`default_cache_dir`; it must be private (see
@@ -119,9 +114,9 @@ class FileSystemCache(ModuleCache):
                     artifact = legacy.decode(fd, info.st_size, self.legacy_max_bytes)
                     return legacy.migrate(self, key, engine, path, artifact)
                 module = _deserialize(engine, path, fd)
-                self._record_use(fd, info)
+                maintenance.record_use(fd, info, self.touch_interval)
             except Corrupt as exc:
-                self._discard(path, info)
+                safefs.discard(path, info)
                 raise DeserializeError(f"removed corrupt cache entry {path}: {exc}") from (
                     exc.__cause__
                 )
@@ -143,7 +138,7 @@ class FileSystemCache(ModuleCache):
             # freed in the rename); an identical entry is kept as it is.
             log.debug("%s is already saved at %s", key, path)
             return
-        self._write_entry(path, payload, trailer)
+        safefs.write_file(path, payload, trailer, self._make_folders, fsync=self.fsync)
         log.debug("saved %s (%d bytes) to %s", key, len(payload), path)
         if self.max_bytes is not None:
             maintenance.maybe_prune(self, self.max_bytes, self.prune_interval)
@@ -157,7 +152,7 @@ class FileSystemCache(ModuleCache):
         partial stream is never kept: DeserializeError for bad content, FileWriteError for
         local trouble; any error raised by ``chunks`` itself passes through."""
         path = self._checked_path(key, engine)
-        temp, fd = self._create_temp(path)
+        temp, fd = safefs.create_temp(path, self._make_folders)
         try:
             try:
                 for chunk in chunks:
@@ -196,33 +191,6 @@ class FileSystemCache(ModuleCache):
             with locks.file_lock(names.lock_path(path)):
                 yield
 
-    # -- housekeeping (see wasmcache.maintenance) ---------------------------------------
-
-    def entries(self) -> list[CacheEntry]:
-        """Every entry of every engine folder (other names are ignored)."""
-        return list(maintenance.entries(self._dir))
-
-    def verify_entries(self, *, fix: bool = False) -> list[tuple[CacheEntry, str]]:
-        """Check every entry's format, length and checksum (without wasmtime); return the
-        bad ones with the reason. With ``fix`` the bad ones are removed."""
-        return maintenance.verify(self, fix=fix)
-
-    def prune(self, max_bytes: int) -> list[CacheEntry]:
-        """Remove least recently used entries until the cache holds at most ``max_bytes``,
-        plus stale temp files, free lock files and empty engine folders; return the removed
-        entries. Entries that live modules map stay valid (unlinked, never truncated)."""
-        return maintenance.prune(self, max_bytes)
-
-    def clear(self) -> int:
-        """Remove every entry, temp file, free lock file and direct-mode record; return how
-        many entries."""
-        return maintenance.clear(self)
-
-    def cleanup(self, older_than: float = 3600.0) -> int:
-        """Remove temp files of interrupted saves older than ``older_than`` seconds, and
-        lock files nobody holds; return how many were removed."""
-        return maintenance.cleanup(self._dir, older_than)
-
     # -- internals -----------------------------------------------------------------------
 
     def _entry_path(self, key: ModuleHash, engine: wasmtime.Engine) -> str:
@@ -251,47 +219,6 @@ class FileSystemCache(ModuleCache):
     def _make_folders(self, engine_dir: str) -> None:
         safefs.make_folders(self._dir, engine_dir, shared_group=self.shared_group)
 
-    def _create_temp(self, path: str) -> tuple[str, int]:
-        """A new temp file beside ``path`` (its folders created when missing, again if a
-        concurrent prune removes them meanwhile)."""
-        for attempt in range(_CREATE_ATTEMPTS):
-            temp = names.temp_path(path)
-            try:
-                return temp, os.open(temp, safefs.CREATE_FLAGS, 0o644)
-            except FileNotFoundError:
-                if attempt == _CREATE_ATTEMPTS - 1:
-                    raise FileWriteError(f"cannot write cache entry {path}", path) from None
-                with contextlib.suppress(FileNotFoundError):
-                    self._make_folders(os.path.dirname(path))
-            except FileExistsError:
-                continue
-            except OSError as exc:
-                raise FileWriteError(
-                    f"cannot write cache entry {path}: {exc.strerror}", path, exc.errno
-                ) from exc
-        raise FileWriteError(f"cannot write cache entry {path}: no free temp name", path)
-
-    def _write_entry(self, path: str, payload: Buffer, trailer: bytes) -> None:
-        """Write payload + trailer atomically, creating the folders (0700) when missing."""
-        for attempt in range(_CREATE_ATTEMPTS):
-            try:
-                _core.atomic_write(names.temp_path(path), path, payload, trailer, fsync=self.fsync)
-                return
-            except FileWriteError as exc:
-                last = attempt == _CREATE_ATTEMPTS - 1
-                if exc.errno == errno.EEXIST and not last:
-                    continue
-                if exc.errno != errno.ENOENT or last:
-                    raise
-            try:
-                self._make_folders(os.path.dirname(path))
-            except FileNotFoundError:
-                continue  # pruned again meanwhile
-            except OSError as exc:
-                raise FileWriteError(
-                    f"cannot create the folder of {path}: {exc.strerror}", path, exc.errno
-                ) from exc
-
     def _holds(self, path: str, trailer: bytes) -> bool:
         try:
             fd, _ = safefs.open_regular(path)
@@ -304,25 +231,6 @@ class FileSystemCache(ModuleCache):
             return False
         finally:
             os.close(fd)
-
-    def _record_use(self, fd: int, info: os.stat_result) -> None:
-        """Set the entry's access time to now (what prune's LRU order reads), at most once
-        per touch_interval; a read-only cache is fine."""
-        now = time.time()
-        if now - info.st_atime >= self.touch_interval:
-            with contextlib.suppress(OSError):
-                os.utime(fd, (now, info.st_mtime))
-
-    @staticmethod
-    def _discard(path: str, opened: os.stat_result) -> None:
-        """Remove a corrupt entry, unless another writer has replaced it meanwhile."""
-        if safefs.same_file(path, opened):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                log.warning("could not remove corrupt cache entry %s: %s", path, exc)
 
 
 def _deserialize(engine: wasmtime.Engine, path: str, fd: int) -> wasmtime.Module:

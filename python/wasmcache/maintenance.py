@@ -13,15 +13,12 @@ import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 from wasmcache import entry, legacy, locks, names, safefs
 from wasmcache.entry import Corrupt
 from wasmcache.errors import CacheError, FileWriteError
 from wasmcache.hashing import ModuleHash
-
-if TYPE_CHECKING:
-    from wasmcache.filesystem import FileSystemCache
 
 log = logging.getLogger("wasmcache")
 
@@ -37,6 +34,52 @@ class CacheEntry(NamedTuple):
     key: ModuleHash
     size: int
     last_used: float  # seconds since the epoch (the file's access time, set on hits)
+
+
+class Housekeeping:
+    """The housekeeping methods of FileSystemCache (its ``cache_dir``, ``shared_group`` and
+    ``legacy_max_bytes`` say what to check)."""
+
+    shared_group: bool
+    legacy_max_bytes: int
+
+    @property
+    def cache_dir(self) -> Path:
+        raise NotImplementedError
+
+    def entries(self) -> list[CacheEntry]:
+        """Every entry of every engine folder (other names are ignored)."""
+        return list(entries(str(self.cache_dir)))
+
+    def verify_entries(self, *, fix: bool = False) -> list[tuple[CacheEntry, str]]:
+        """Check every entry's format, length and checksum (without wasmtime); return the
+        bad ones with the reason. With ``fix`` the bad ones are removed."""
+        return verify(self, fix=fix)
+
+    def prune(self, max_bytes: int) -> list[CacheEntry]:
+        """Remove least recently used entries until the cache holds at most ``max_bytes``,
+        plus stale temp files, free lock files and empty engine folders; return the removed
+        entries. Entries that live modules map stay valid (unlinked, never truncated)."""
+        return prune(self, max_bytes)
+
+    def clear(self) -> int:
+        """Remove every entry, temp file, free lock file and direct-mode record; return how
+        many entries."""
+        return clear(self)
+
+    def cleanup(self, older_than: float = 3600.0) -> int:
+        """Remove temp files of interrupted saves older than ``older_than`` seconds, and
+        lock files as old that nobody holds; return how many were removed."""
+        return cleanup(str(self.cache_dir), older_than)
+
+
+def record_use(fd: int, info: os.stat_result, interval: float) -> None:
+    """Set an entry's access time to now (what prune's LRU order reads), at most once per
+    ``interval`` seconds; a read-only cache is fine."""
+    now = time.time()
+    if now - info.st_atime >= interval:
+        with contextlib.suppress(OSError):
+            os.utime(fd, (now, info.st_mtime))
 
 
 def _scan(folder: str) -> list[os.DirEntry[str]]:
@@ -79,7 +122,7 @@ def entries(cache_dir: str) -> Iterator[CacheEntry]:
             yield found
 
 
-def verify(cache: FileSystemCache, *, fix: bool) -> list[tuple[CacheEntry, str]]:
+def verify(cache: Housekeeping, *, fix: bool) -> list[tuple[CacheEntry, str]]:
     """Check whatever sits at entry names: rule, format, length, checksum (and a legacy
     entry's stream); return the bad ones with the reason, removing them with ``fix``."""
     bad = []
@@ -97,7 +140,7 @@ def verify(cache: FileSystemCache, *, fix: bool) -> list[tuple[CacheEntry, str]]
     return bad
 
 
-def _problem(cache: FileSystemCache, path: str) -> Optional[str]:
+def _problem(cache: Housekeeping, path: str) -> Optional[str]:
     try:
         fd, info = safefs.open_regular(path)
     except FileNotFoundError:
@@ -117,7 +160,7 @@ def _problem(cache: FileSystemCache, path: str) -> Optional[str]:
     return None
 
 
-def prune(cache: FileSystemCache, max_bytes: int) -> list[CacheEntry]:
+def prune(cache: Housekeeping, max_bytes: int) -> list[CacheEntry]:
     """Remove least recently used entries until at most ``max_bytes`` remain, then stale
     temp files, free lock files, old direct-mode records and empty engine folders."""
     if max_bytes < 0:
@@ -146,7 +189,7 @@ def prune(cache: FileSystemCache, max_bytes: int) -> list[CacheEntry]:
     return removed
 
 
-def clear(cache: FileSystemCache) -> int:
+def clear(cache: Housekeeping) -> int:
     """Remove whatever sits at entry names, every temp file, free lock files and
     direct-mode records; return how many entries."""
     cache_dir = str(cache.cache_dir)
@@ -202,7 +245,7 @@ def cleanup(cache_dir: str, older_than: float) -> int:
     return removed
 
 
-def maybe_prune(cache: FileSystemCache, max_bytes: int, interval: float) -> None:
+def maybe_prune(cache: Housekeeping, max_bytes: int, interval: float) -> None:
     """Prune to ``max_bytes`` if no process did within ``interval`` seconds (a shared
     stamp file), under a lock all processes share; never blocks a save."""
     cache_dir = str(cache.cache_dir)

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import stat
-from typing import Optional
+from typing import Callable, Optional
 
-from wasmcache.errors import FileReadError, UnsafeCacheError, UnsafeEntryError
+from wasmcache import _core, names
+from wasmcache.errors import FileReadError, FileWriteError, UnsafeCacheError, UnsafeEntryError
+
+log = logging.getLogger("wasmcache")
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -137,6 +141,17 @@ def same_file(path: str, opened: os.stat_result) -> bool:
     return (current.st_dev, current.st_ino) == (opened.st_dev, opened.st_ino)
 
 
+def discard(path: str, opened: os.stat_result) -> None:
+    """Remove a corrupt file, unless another writer has replaced it meanwhile."""
+    if same_file(path, opened):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("could not remove corrupt cache entry %s: %s", path, exc)
+
+
 def write_all(fd: int, data: memoryview) -> None:
     while data:
         written = os.write(fd, data)
@@ -163,3 +178,56 @@ def read_at_most(path: str, limit: int) -> Optional[bytes]:
         return None
     finally:
         os.close(fd)
+
+
+#: Attempts at creating a file whose folder a concurrent prune may remove meanwhile.
+CREATE_ATTEMPTS = 8
+
+
+def create_temp(path: str, make_folder: Callable[[str], None]) -> tuple[str, int]:
+    """A new temp file beside ``path``, open for writing: its folder is made with
+    ``make_folder`` when missing (again if a concurrent prune removes it meanwhile)."""
+    for attempt in range(CREATE_ATTEMPTS):
+        temp = names.temp_path(path)
+        try:
+            return temp, os.open(temp, CREATE_FLAGS, 0o644)
+        except FileExistsError:
+            continue
+        except FileNotFoundError as exc:
+            if attempt == CREATE_ATTEMPTS - 1:
+                raise FileWriteError(f"cannot write {path}: {exc.strerror}", path) from exc
+            with contextlib.suppress(FileNotFoundError):
+                make_folder(os.path.dirname(path))
+        except OSError as exc:
+            raise FileWriteError(f"cannot write {path}: {exc.strerror}", path, exc.errno) from exc
+    raise FileWriteError(f"cannot write {path}: no free temp name", path, errno.EEXIST)
+
+
+def write_file(
+    path: str,
+    payload: _core.Buffer,
+    trailer: bytes,
+    make_folder: Callable[[str], None],
+    *,
+    fsync: bool,
+) -> None:
+    """Write payload + trailer to ``path`` atomically (temp file + rename), its folder made
+    with ``make_folder`` when missing (again if a concurrent prune removes it meanwhile)."""
+    for attempt in range(CREATE_ATTEMPTS):
+        last = attempt == CREATE_ATTEMPTS - 1
+        try:
+            _core.atomic_write(names.temp_path(path), path, payload, trailer, fsync=fsync)
+            return
+        except FileWriteError as exc:
+            if last or exc.errno not in (errno.EEXIST, errno.ENOENT):
+                raise
+            if exc.errno == errno.EEXIST:
+                continue
+        try:
+            make_folder(os.path.dirname(path))
+        except FileNotFoundError:
+            continue  # pruned again meanwhile
+        except OSError as exc:
+            raise FileWriteError(
+                f"cannot create the folder of {path}: {exc.strerror}", path, exc.errno
+            ) from exc
