@@ -7,6 +7,7 @@ from wasmcache.engine import engine_id
 from wasmcache.errors import (
     CacheError,
     DeserializeError,
+    EngineIdError,
     FileReadError,
     FileWriteError,
     LZWError,
@@ -34,6 +35,7 @@ __all__ = [
     "CacheEntry",
     "CacheError",
     "DeserializeError",
+    "EngineIdError",
     "FallbackCache",
     "FileReadError",
     "FileSystemCache",

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import wasmtime
 
@@ -116,7 +116,9 @@ def cmd_run(args: argparse.Namespace, cache: FileSystemCache) -> int:
         return 130
     if "error" in outcome:
         raise outcome["error"]  # type: ignore[misc]
-    return int(outcome["code"])  # type: ignore[call-overload]
+    code = outcome["code"]
+    assert isinstance(code, int)
+    return code
 
 
 def cmd_compile(args: argparse.Namespace, cache: FileSystemCache) -> int:
@@ -128,7 +130,7 @@ def cmd_compile(args: argparse.Namespace, cache: FileSystemCache) -> int:
     return 0
 
 
-def _entry_rows(cache: FileSystemCache) -> list[dict]:
+def _entry_rows(cache: FileSystemCache) -> list[dict[str, Any]]:
     return [
         {
             "key": str(e.key),
@@ -154,7 +156,7 @@ def cmd_ls(args: argparse.Namespace, cache: FileSystemCache) -> int:
 
 def cmd_stats(args: argparse.Namespace, cache: FileSystemCache) -> int:
     rows = _entry_rows(cache)
-    folders: dict[str, dict] = {}
+    folders: dict[str, dict[str, int]] = {}
     for row in rows:
         folder = folders.setdefault(row["engine"], {"entries": 0, "bytes": 0})
         folder["entries"] += 1
@@ -231,12 +233,11 @@ def cmd_demo(args: argparse.Namespace, cache: FileSystemCache) -> int:
 
         store = wasmtime.Store(fresh_engine)
         exports = wasmtime.Instance(store, loaded, []).exports(store)
-        ok = (
-            exports["add"](store, 2, 3) == 5
-            and exports["probe"](store, (data_mb << 20) - 1) == wasm[-1]
-        )
+        add, probe = exports["add"], exports["probe"]
+        assert isinstance(add, wasmtime.Func) and isinstance(probe, wasmtime.Func)
+        ok = add(store, 2, 3) == 5 and probe(store, (data_mb << 20) - 1) == wasm[-1]
         print(
-            f"the loaded module runs: add(2, 3) = {exports['add'](store, 2, 3)}, "
+            f"the loaded module runs: add(2, 3) = {add(store, 2, 3)}, "
             f"data check {'ok' if ok else 'FAILED'}"
         )
         return 0 if ok else 1

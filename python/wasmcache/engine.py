@@ -10,6 +10,7 @@ import wasmtime
 import xxhash
 
 from wasmcache.elf import elf_section
+from wasmcache.errors import EngineIdError
 
 _EMPTY_MODULE = b"\0asm\x01\0\0\0"
 _ENGINE_SECTION = ".wasmtime.engine"
@@ -23,7 +24,10 @@ def _compute(engine: wasmtime.Engine) -> str:
     artifact = wasmtime.Module(engine, _EMPTY_MODULE).serialize()
     section = elf_section(artifact, _ENGINE_SECTION)
     if section is None:
-        raise RuntimeError("wasmtime artifact has no .wasmtime.engine section")
+        raise EngineIdError(
+            "wasmtime's artifact has no .wasmtime.engine section: this wasmtime release "
+            "is not supported"
+        )
     import importlib.metadata  # imported on first use: slow to import
 
     # The section holds the wasmtime version, target, flags, tunables and features.

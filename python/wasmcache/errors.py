@@ -59,6 +59,10 @@ class OutOfMemory(CacheError, MemoryError):
     """The C core could not allocate the memory a decode or write needed."""
 
 
+class EngineIdError(CacheError):
+    """The id of an Engine's settings could not be read from wasmtime."""
+
+
 class SerializeError(CacheError):
     """A module could not be turned into an artifact to store."""
 

@@ -51,7 +51,8 @@ class MemoryCache(ModuleCache):
     def load(self, key: ModuleHash, engine: wasmtime.Engine) -> wasmtime.Module:
         self._check(key, engine)
         with self._lock:
-            module = self._modules.get(engine, {}).get(key)
+            per_engine = self._modules.get(engine)
+            module = None if per_engine is None else per_engine.get(key)
             if module is None:
                 raise NotFound(f"no cached module for {key} in memory for this engine")
             self._order.move_to_end((id(engine), key))
@@ -89,7 +90,8 @@ class MemoryCache(ModuleCache):
     def contains(self, key: ModuleHash, engine: wasmtime.Engine) -> bool:
         self._check(key, engine)
         with self._lock:
-            return key in self._modules.get(engine, {})
+            per_engine = self._modules.get(engine)
+            return per_engine is not None and key in per_engine
 
     def clear(self) -> None:
         with self._lock:
