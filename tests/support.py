@@ -79,6 +79,7 @@ def pack(codes: Sequence[int]) -> bytes:
         while nbits >= 8:
             nbits -= 8
             out.append((bits >> nbits) & 0xFF)
+        bits &= (1 << nbits) - 1  # keep only the bits not yet written
         if code == CLEAR:
             width, next_free, have_prev = 9, 258, False
         elif code == END:

@@ -1,0 +1,710 @@
+"""Trust: nobody but the user can choose what a key maps to, and nothing in a cache folder
+is followed, blocked on, or read without bound."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import wasmtime
+import xxhash
+
+import wasmcache as wc
+from conftest import call_add
+from wasmcache import direct, lzw, names
+
+# -- an XXH64 collision -------------------------------------------------------------------
+
+_P1, _P2, _M = 0x9E3779B185EBCA87, 0xC2B2AE3D27D4EB4F, (1 << 64) - 1
+VICTIM_WAT = (
+    '(module (func (export "add") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))'
+)
+FORGED_WAT = '(module (func (export "add") (param i32 i32) (result i32) i32.const 1337))'
+
+
+def _rotl(x: int, r: int) -> int:
+    return ((x << r) | (x >> (64 - r))) & _M
+
+
+def _xxh64_lanes(data: bytes, stripes: int) -> list[int]:
+    """XXH64's four accumulators (seed 0) after ``stripes`` 32-byte stripes of ``data``."""
+    acc = [(_P1 + _P2) & _M, _P2, 0, (-_P1) & _M]
+    for s in range(stripes):
+        for j in range(4):
+            lane = int.from_bytes(data[32 * s + 8 * j : 32 * s + 8 * j + 8], "little")
+            acc[j] = (_rotl((acc[j] + lane * _P2) & _M, 31) * _P1) & _M
+    return acc
+
+
+def _padded_module(wat: str, total: int) -> bytearray:
+    """The module of ``wat`` with a custom section of zeros filling it to ``total`` bytes."""
+    body = wasmtime.wat2wasm(wat) + b"\x00"  # custom section id
+    size = total - len(body) - 5
+    leb = bytes(((size >> (7 * i)) & 0x7F) | (0x80 if i < 4 else 0) for i in range(5))
+    module = bytearray(body + leb + b"\x03pad")
+    return module + bytes(total - len(module))
+
+
+def forge_xxh64_collision() -> tuple[bytes, bytes]:
+    """(victim, forged): two valid modules of equal length and equal XXH64 whose ``add``
+    differ. XXH64's rounds are invertible, so one free 32-byte stripe inside the forged
+    module's custom section steers its accumulators onto the victim's."""
+    total, free = 512, 4  # bytes 128..160 of the custom section are free
+    victim, forged = _padded_module(VICTIM_WAT, total), _padded_module(FORGED_WAT, total)
+    target, before = _xxh64_lanes(victim, free + 1), _xxh64_lanes(forged, free)
+    inverse_p1, inverse_p2 = pow(_P1, -1, 1 << 64), pow(_P2, -1, 1 << 64)
+    for j in range(4):
+        rotated = (target[j] * inverse_p1) & _M
+        lane = ((_rotl(rotated, 33) - before[j]) * inverse_p2) & _M
+        forged[32 * free + 8 * j : 32 * free + 8 * j + 8] = lane.to_bytes(8, "little")
+    return bytes(victim), bytes(forged)
+
+
+@pytest.fixture(scope="module")
+def collision() -> tuple[bytes, bytes]:
+    victim, forged = forge_xxh64_collision()
+    assert victim != forged and len(victim) == len(forged)
+    assert xxhash.xxh64_intdigest(victim) == xxhash.xxh64_intdigest(forged)
+    return victim, forged
+
+
+@pytest.mark.parametrize("tier", ["filesystem", "memory", "fallback"])
+def test_default_key_keeps_an_xxh64_collision_apart(tier, collision, tmp_path):
+    victim, forged = collision
+    engine = wasmtime.Engine()
+    cache = {
+        "filesystem": lambda: wc.FileSystemCache(tmp_path / "c"),
+        "memory": wc.MemoryCache,
+        "fallback": lambda: wc.MemoryCache().with_fallback(wc.FileSystemCache(tmp_path / "c")),
+    }[tier]()
+    assert call_add(engine, cache.load_or_compile(engine, forged)) == 1337
+    assert call_add(engine, cache.load_or_compile(engine, victim)) == 5
+    # from paths too (direct mode)
+    (tmp_path / "victim.wasm").write_bytes(victim)
+    assert call_add(engine, cache.load_or_compile(engine, tmp_path / "victim.wasm")) == 5
+
+
+def test_an_explicit_xxh64_key_is_the_callers_choice(collision, tmp_path):
+    """Documented: with XXH64 keys, whoever supplies one module picks the code of the other."""
+    victim, forged = collision
+    engine = wasmtime.Engine()
+    cache = wc.FileSystemCache(tmp_path / "c")
+    cache.load_or_compile(engine, forged, key=wc.ModuleHash.xxhash(forged))
+    module = cache.load_or_compile(engine, victim, key=wc.ModuleHash.xxhash(victim))
+    assert call_add(engine, module) == 1337
+
+
+# -- a private cache ------------------------------------------------------------------------
+
+needs_root = pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to act as another user"
+)
+
+
+def _nobody() -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no user nobody")
+
+
+def _as_user(user: pwd.struct_passwd, work: Callable[[], str]) -> str:
+    """Run ``work`` in a forked child that has become ``user`` (the interpreter and
+    wasmtime are already loaded: another user cannot read root's Python); return what it
+    returned, or raise with its error."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        code = 0
+        try:
+            os.close(read)
+            os.setgroups([])
+            os.setgid(user.pw_gid)
+            os.setuid(user.pw_uid)
+            answer = "ok " + work()
+        except BaseException as exc:
+            answer = f"error {type(exc).__name__}: {exc}"
+            code = 1
+        os.write(write, answer.encode())
+        os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        answer = pipe.read().decode()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, answer
+    return answer[3:]
+
+
+@pytest.fixture
+def shared_tmp():
+    """A folder that other users can reach and make folders in, as /tmp (pytest's own are
+    root-only)."""
+    folder = Path(tempfile.mkdtemp(prefix="wasmcache-trust-"))
+    folder.chmod(0o1777)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@needs_root
+def test_a_folder_filled_by_another_user_is_refused(shared_tmp, collision, caplog):
+    victim, forged = collision
+    nobody = _nobody()
+    engine = wasmtime.Engine()
+    key = wc.ModuleHash.sha256(victim)
+    forged_module = wasmtime.Module(engine, forged)
+    wc.engine_id(engine)
+
+    def plant() -> str:
+        wc.FileSystemCache(shared_tmp / "cache").save(key, engine, forged_module)
+        return "planted"
+
+    assert _as_user(nobody, plant) == "planted"
+    cache = wc.FileSystemCache(shared_tmp / "cache")
+    assert (shared_tmp / "cache").stat().st_uid == nobody.pw_uid
+    with pytest.raises(wc.UnsafeCacheError) as info:
+        cache.load(key, engine)
+    message = str(info.value)
+    assert str(shared_tmp / "cache") in message and f"uid {nobody.pw_uid}" in message
+    with caplog.at_level(logging.WARNING, logger="wasmcache"):
+        assert call_add(engine, cache.load_or_compile(engine, victim)) == 5
+        assert call_add(engine, cache.load_or_compile(engine, victim)) == 5
+    assert caplog.text.count("not using the cache") == 1  # warned once
+
+
+@needs_root
+def test_a_root_owned_read_only_cache_serves_other_users(shared_tmp, add_wasm):
+    cache = wc.FileSystemCache(shared_tmp / "image-cache")
+    engine = wasmtime.Engine()
+    cache.save(wc.ModuleHash.sha256(add_wasm), engine, wasmtime.Module(engine, add_wasm))
+    for path in [cache.cache_dir, *cache.cache_dir.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+    def use() -> str:
+        assert os.geteuid() != 0
+        reader = wc.FileSystemCache(cache.cache_dir)
+        module = reader.load(wc.ModuleHash.sha256(add_wasm), engine)  # a hit, not a miss
+        return f"add {call_add(engine, module)}"
+
+    assert _as_user(_nobody(), use) == "add 5"
+
+
+def test_group_or_world_writable_folders_are_refused(tmp_path, key, engine, add_module):
+    folder = tmp_path / "c"
+    wc.FileSystemCache(folder).save(key, engine, add_module)
+    for mode in (0o770, 0o707, 0o777):
+        folder.chmod(mode)
+        with pytest.raises(wc.UnsafeCacheError, match=r"writable by group or others.*chmod 700"):
+            wc.FileSystemCache(folder).load(key, engine)
+    folder.chmod(0o770)
+    assert call_add(engine, wc.FileSystemCache(folder, shared_group=True).load(key, engine)) == 5
+    folder.chmod(0o777)
+    with pytest.raises(wc.UnsafeCacheError, match="writable by others"):
+        wc.FileSystemCache(folder, shared_group=True).load(key, engine)
+    folder.chmod(0o700)
+    engine_dir = wc.FileSystemCache(folder).path(key, engine).parent
+    engine_dir.chmod(0o777)
+    with pytest.raises(wc.UnsafeCacheError, match=str(engine_dir)):
+        wc.FileSystemCache(folder).load(key, engine)
+
+
+def test_new_folders_are_private(tmp_path, key, engine, add_module):
+    cache = wc.FileSystemCache(tmp_path / "new" / "cache")
+    cache.save(key, engine, add_module)
+    for folder in (cache.cache_dir, cache.path(key, engine).parent):
+        assert stat.S_IMODE(folder.stat().st_mode) & 0o077 == 0
+
+
+def test_a_symlinked_engine_folder_is_refused(cache, key, engine, add_module, tmp_path):
+    elsewhere = wc.FileSystemCache(tmp_path / "elsewhere")
+    elsewhere.save(key, engine, add_module)
+    link = cache.path(key, engine).parent
+    link.parent.mkdir(parents=True)
+    link.symlink_to(elsewhere.path(key, engine).parent)
+    with pytest.raises(wc.UnsafeCacheError, match="symbolic link"):
+        cache.load(key, engine)
+    with pytest.raises(wc.UnsafeCacheError):
+        cache.save(key, engine, add_module)
+
+
+def test_a_symlinked_cache_folder_is_resolved_once(tmp_path, key, engine, add_module):
+    """A link given as the cache folder is the user's choice: it is resolved when the cache
+    is made, so later changes of the link do not move the cache."""
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    cache = wc.FileSystemCache(link)
+    assert cache.cache_dir == real
+    cache.save(key, engine, add_module)
+    link.unlink()
+    link.symlink_to(tmp_path)
+    assert cache.contains(key, engine)
+
+
+def test_a_hard_linked_entry_is_not_loaded(cache, key, engine, add_module, add_wasm, tmp_path):
+    cache.save(key, engine, add_module)
+    os.link(cache.path(key, engine), tmp_path / "second-name")
+    with pytest.raises(wc.UnsafeEntryError, match="2 links"):
+        cache.load(key, engine)
+    # load_or_compile compiles instead and its save replaces the entry
+    assert call_add(engine, cache.load_or_compile(engine, add_wasm)) == 5
+    assert cache.path(key, engine).stat().st_nlink == 1
+    assert call_add(engine, cache.load(key, engine)) == 5
+
+
+def test_a_writable_entry_is_not_loaded(cache, key, engine, add_module):
+    cache.save(key, engine, add_module)
+    cache.path(key, engine).chmod(0o666)
+    with pytest.raises(wc.UnsafeEntryError, match="writable"):
+        cache.load(key, engine)
+
+
+# -- nothing followed --------------------------------------------------------------------
+
+
+@pytest.fixture
+def root_only(tmp_path: Path) -> Path:
+    """A folder a planted link points into: nothing may appear there."""
+    folder = tmp_path / "root-only"
+    folder.mkdir(mode=0o700)
+    return folder
+
+
+def test_a_link_at_the_lock_name_is_not_followed(tmp_path, add_wasm, root_only):
+    cache = wc.FileSystemCache(tmp_path / "c")
+    engine = wasmtime.Engine()
+    key = wc.ModuleHash.sha256(add_wasm)
+    lock = Path(names.lock_path(str(cache.path(key, engine))))
+    lock.parent.mkdir(parents=True, mode=0o700)
+    lock.symlink_to(root_only / "created-through-link")
+    assert call_add(engine, cache.load_or_compile(engine, add_wasm)) == 5
+    assert list(root_only.iterdir()) == []
+    assert lock.is_symlink()
+
+
+def test_links_at_the_prune_lock_and_stamp_are_not_followed(tmp_path, engine, root_only):
+    folder = tmp_path / "c"
+    folder.mkdir(mode=0o700)
+    for name in (names.PRUNE_LOCK, names.PRUNE_STAMP):
+        (folder / name).symlink_to(root_only / name)
+    cache = wc.FileSystemCache(folder, max_bytes=1, prune_interval=0)
+    wasm = wasmtime.wat2wasm(VICTIM_WAT)
+    cache.save(wc.ModuleHash.sha256(wasm), engine, wasmtime.Module(engine, wasm))
+    assert list(root_only.iterdir()) == []
+
+
+def test_a_link_at_an_index_record_is_not_followed(tmp_path, add_wasm, root_only):
+    """Direct mode neither reads a record through a link nor writes one through it."""
+    source = tmp_path / "add.wasm"
+    source.write_bytes(add_wasm)
+    old = time.time() - 60
+    os.utime(source, (old, old))
+    info = os.stat(source)
+    if time.time() - info.st_ctime < direct.RACY_SECONDS:
+        time.sleep(direct.RACY_SECONDS)  # ctime cannot be set back
+    cache_dir = tmp_path / "c"
+    engine = wasmtime.Engine()
+    cache = wc.FileSystemCache(cache_dir)
+    cache.save(wc.ModuleHash.sha256(add_wasm), engine, wasmtime.Module(engine, add_wasm))
+    record = Path(
+        names.index_record_path(
+            str(cache.cache_dir), direct._record_name(direct.stamp_of(os.stat(source)), "sha256")
+        )
+    )
+    record.parent.mkdir(mode=0o700)
+    forged = root_only / "record"
+    forged.write_bytes(
+        direct._record_text(direct.stamp_of(os.stat(source)), wc.ModuleHash.sha256(b"x"))
+    )
+    record.symlink_to(forged)
+    direct._memory.clear()
+    assert call_add(engine, cache.load_or_compile(engine, source)) == 5
+    assert not record.is_symlink()  # replaced by a real record, the link's target untouched
+    assert forged.read_bytes().endswith(f"{wc.ModuleHash.sha256(b'x')}\n".encode())
+
+
+def test_a_fifo_at_an_entry_name_answers_at_once(cache, key, engine, add_module, add_wasm):
+    path = cache.path(key, engine)
+    path.parent.mkdir(parents=True, mode=0o700)
+    os.mkfifo(path)
+    outcome: dict[str, object] = {}
+
+    def use() -> None:
+        try:
+            with pytest.raises(wc.FileReadError, match="FIFO"):
+                cache.load(key, engine)
+            assert not cache.contains(key, engine)
+            bad = cache.verify_entries()
+            assert [(e.path, reason) for e, reason in bad] == [(path, "not a regular file")]
+            assert call_add(engine, cache.load_or_compile(engine, add_wasm)) == 5  # replaces it
+            assert stat.S_ISREG(path.stat().st_mode)
+            os.unlink(path)
+            os.mkfifo(path)
+            assert cache.clear() == 1 and not os.path.lexists(path)
+            outcome["ok"] = True
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=use, daemon=True)
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive(), "blocked on a FIFO"
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    assert outcome == {"ok": True}
+
+
+def test_verify_fix_removes_a_fifo_and_a_link(cache, key, engine, root_only):
+    path = cache.path(key, engine)
+    path.parent.mkdir(parents=True, mode=0o700)
+    os.mkfifo(path)
+    other = path.with_name("A" * 64 + ".bin")
+    other.symlink_to(root_only / "x")
+    bad = cache.verify_entries(fix=True)
+    assert sorted(str(e.path) for e, _ in bad) == sorted([str(path), str(other)])
+    assert not os.path.lexists(path) and not os.path.lexists(other)
+
+
+# -- bounded legacy path ---------------------------------------------------------------------
+
+
+def _peak_rss_of(script: str) -> tuple[int, str]:
+    """Run ``script`` in a child; return its peak RSS growth over its start (bytes) and
+    stdout (the script prints the start RSS as "base N")."""
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    base = int(
+        next(line.split()[1] for line in done.stdout.splitlines() if line.startswith("base"))
+    )
+    peak = int(
+        next(line.split()[1] for line in done.stdout.splitlines() if line.startswith("peak"))
+    )
+    return (peak - base) * 1024, done.stdout
+
+
+_MEASURE = """
+import resource, time, wasmtime, wasmcache as wc
+engine = wasmtime.Engine()
+cache = wc.FileSystemCache({cache!r})
+key = wc.ModuleHash.parse({key!r})
+wc.engine_id(engine)
+print("base", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+start = time.monotonic()
+try:
+    cache.load(key, engine)
+except wc.DeserializeError as exc:
+    print("error", type(exc).__name__, exc)
+print("seconds", time.monotonic() - start)
+print("peak", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print("kept", cache.path(key, engine).exists())
+"""
+
+
+def test_a_huge_sparse_file_is_rejected_without_reading_it(cache, key, engine):
+    path = cache.path(key, engine)
+    path.parent.mkdir(parents=True, mode=0o700)
+    with open(path, "wb") as f:
+        f.truncate(4 << 30)
+    grown, out = _peak_rss_of(_MEASURE.format(cache=str(cache.cache_dir), key=str(key)))
+    assert "error DeserializeError" in out and "too large" in out
+    assert "kept False" in out
+    assert grown < 64 << 20, out
+    with open(path, "wb") as f:
+        f.truncate(900 << 20)  # under the cap: only its first bytes are read
+    grown, out = _peak_rss_of(_MEASURE.format(cache=str(cache.cache_dir), key=str(key)))
+    assert "error DeserializeError" in out and "kept False" in out
+    assert grown < 64 << 20, out
+
+
+def _elf_header(extent: int) -> bytes:
+    """An ELF64 little-endian file header whose section table ends at ``extent``."""
+    header = bytearray(64)
+    header[:6] = b"\x7fELF\x02\x01"
+    header[0x28:0x30] = (extent - 64).to_bytes(8, "little")  # e_shoff
+    header[0x3A:0x3C] = (64).to_bytes(2, "little")  # e_shentsize
+    header[0x3C:0x3E] = (1).to_bytes(2, "little")  # e_shnum
+    return bytes(header)
+
+
+def _bomb(header: bytes, repeats: int) -> bytes:
+    """An LZW stream of ``header`` followed by ~3.8 KB per 12-bit code, ``repeats`` times."""
+    from support import CLEAR, END, pack
+
+    codes = [CLEAR, *header, *range(258 + len(header) - 1, 4096), *([4095] * repeats), END]
+    return pack(codes)
+
+
+def test_an_lzw_bomb_is_stopped_by_its_elf_header(cache, key, engine):
+    path = cache.path(key, engine)
+    path.parent.mkdir(parents=True, mode=0o700)
+    # Its header claims 1.46 GiB: more than the cap, so decoding stops right after it.
+    path.write_bytes(_bomb(_elf_header(1_570_000_000), 400_000))
+    assert path.stat().st_size < 700_000
+    grown, out = _peak_rss_of(_MEASURE.format(cache=str(cache.cache_dir), key=str(key)))
+    assert "error DeserializeError" in out and "kept False" in out
+    assert grown < 64 << 20, out
+    # Garbage that is no ELF image stops at its first bytes.
+    path.write_bytes(_bomb(b"\x00" * 64, 400_000))
+    grown, out = _peak_rss_of(_MEASURE.format(cache=str(cache.cache_dir), key=str(key)))
+    assert "does not hold one whole ELF image" in out and "kept False" in out
+    assert grown < 64 << 20, out
+
+
+def test_an_lzw_bomb_stops_at_the_configured_cap(tmp_path, key, engine):
+    cache = wc.FileSystemCache(tmp_path / "c", legacy_max_bytes=8 << 20)
+    path = cache.path(key, engine)
+    path.parent.mkdir(parents=True, mode=0o700)
+    path.write_bytes(_bomb(_elf_header(20 << 20), 10_000))  # claims 20 MiB, decodes ~38 MB
+    with pytest.raises(wc.DeserializeError, match="past the output cap"):
+        cache.load(key, engine)
+    assert not path.exists()
+
+
+def test_a_legacy_artifact_wasmtime_rejects_is_removed_once(cache, key, engine):
+    """Decodes to a whole ELF image that is no artifact: one decode, then a miss."""
+    fake = _elf_header(1 << 20) + bytes((1 << 20) - 64)
+    path = cache.path(key, engine)
+    path.parent.mkdir(parents=True, mode=0o700)
+    path.write_bytes(lzw.encode(fake))
+    with pytest.raises(wc.DeserializeError, match="wasmtime rejected"):
+        cache.load(key, engine)
+    assert not path.exists()
+    assert [p.name for p in path.parent.iterdir()] == []  # no temp file left either
+    with pytest.raises(wc.NotFound):
+        cache.load(key, engine)
+
+
+# -- per-Engine memory tier ---------------------------------------------------------------------
+
+
+def test_two_engines_through_memory_then_disk(tmp_path, add_wasm):
+    stack = wc.MemoryCache().with_fallback(wc.FileSystemCache(tmp_path / "c"))
+    first, second = wasmtime.Engine(), wasmtime.Engine()
+    assert wc.engine_id(first) == wc.engine_id(second)
+    assert call_add(first, stack.load_or_compile(first, add_wasm)) == 5
+    module = stack.load_or_compile(second, add_wasm)  # "cross-Engine" before
+    assert call_add(second, module) == 5
+    memory = stack.primary
+    assert isinstance(memory, wc.MemoryCache) and len(memory) == 2
+
+
+def test_memory_cache_lets_engines_go(add_wasm):
+    import gc
+    import weakref
+
+    memory = wc.MemoryCache()
+    engine = wasmtime.Engine()
+    memory.save(wc.ModuleHash.sha256(add_wasm), engine, wasmtime.Module(engine, add_wasm))
+    gone = weakref.ref(engine)
+    del engine
+    gc.collect()
+    if gone() is None:
+        assert len(memory) == 0
+
+
+# -- locks that stay locks -------------------------------------------------------------------
+
+
+_HOLDER = """
+import sys, wasmtime, wasmcache as wc
+cache = wc.FileSystemCache({cache!r})
+key = wc.ModuleHash.parse({key!r})
+with cache.compile_lock(key, wasmtime.Engine()):
+    print("locked", flush=True)
+    sys.stdin.readline()
+"""
+
+_WAITER = """
+import sys, time, wasmtime, wasmcache as wc
+cache = wc.FileSystemCache({cache!r})
+key = wc.ModuleHash.parse({key!r})
+start = time.monotonic()
+with cache.compile_lock(key, wasmtime.Engine()):
+    print("got", time.monotonic() - start, flush=True)
+"""
+
+
+@pytest.mark.parametrize("housekeeping", ["clear", "prune", "cleanup"])
+def test_housekeeping_keeps_a_held_lock(housekeeping, tmp_path, key, engine, add_module):
+    cache = wc.FileSystemCache(tmp_path / "c")
+    cache.save(key, engine, add_module)
+    params = {"cache": str(cache.cache_dir), "key": str(key)}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER.format(**params)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        lock = Path(names.lock_path(str(cache.path(key, engine))))
+        old = time.time() - 7200
+        os.utime(lock, (old, old))
+        {"clear": cache.clear, "prune": lambda: cache.prune(0), "cleanup": cache.cleanup}[
+            housekeeping
+        ]()
+        assert lock.exists()
+        waiter = subprocess.Popen(
+            [sys.executable, "-c", _WAITER.format(**params)], stdout=subprocess.PIPE, text=True
+        )
+        with pytest.raises(subprocess.TimeoutExpired):
+            waiter.communicate(timeout=3)  # still waits for the holder
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        out, _ = waiter.communicate(timeout=60)
+        assert out.startswith("got")
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_free_lock_file_is_removed_by_cleanup(tmp_path, key, engine, add_module):
+    cache = wc.FileSystemCache(tmp_path / "c")
+    with cache.compile_lock(key, engine):
+        pass
+    lock = Path(names.lock_path(str(cache.path(key, engine))))
+    assert lock.exists()
+    assert cache.cleanup(older_than=0) == 1
+    assert not lock.exists()
+
+
+def test_a_failing_flock_degrades_to_the_thread_lock(
+    tmp_path, key, engine, add_wasm, monkeypatch, caplog
+):
+    from wasmcache import locks
+
+    def no_flock(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(locks.fcntl, "flock", no_flock)
+    monkeypatch.setattr(locks, "_flock_warned", False)
+    cache = wc.FileSystemCache(tmp_path / "c")
+    with caplog.at_level(logging.WARNING, logger="wasmcache"):
+        assert call_add(engine, cache.load_or_compile(engine, add_wasm)) == 5
+        with cache.compile_lock(wc.ModuleHash.sha256(b"other"), engine):
+            pass
+    assert caplog.text.count("file locks do not work") == 1
+
+
+# -- saves survive concurrent pruning --------------------------------------------------------
+
+
+def test_saves_survive_aggressive_pruning(tmp_path, engine):
+    cache = wc.FileSystemCache(tmp_path / "c")
+    modules = []
+    for i in range(4):
+        wasm = wasmtime.wat2wasm(f'(module (func (export "f") (result i32) i32.const {i}))')
+        modules.append((wc.ModuleHash.sha256(wasm), wasmtime.Module(engine, wasm)))
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def prune() -> None:
+        while not stop.is_set():
+            cache.prune(0)
+
+    pruner = threading.Thread(target=prune)
+    pruner.start()
+    saves = 0
+    try:
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and saves < 20_000:
+            key, module = modules[saves % len(modules)]
+            try:
+                cache.save(key, engine, module)
+            except wc.CacheError as exc:
+                failures.append(exc)
+            saves += 1
+    finally:
+        stop.set()
+        pruner.join()
+    assert saves > 100
+    assert failures == []
+
+
+# -- one error contract ------------------------------------------------------------------------
+
+
+def test_a_missing_or_folder_wasm_path_is_a_source_error(cache, engine, tmp_path):
+    with pytest.raises(wc.SourceError) as info:
+        cache.load_or_compile(engine, tmp_path / "missing.wasm")
+    assert info.value.path == str(tmp_path / "missing.wasm")
+    assert isinstance(info.value.__cause__, FileNotFoundError)
+    with pytest.raises(wc.SourceError) as info:
+        cache.load_or_compile(engine, tmp_path)
+    assert isinstance(info.value.__cause__, IsADirectoryError)
+    with pytest.raises(wc.SourceError):
+        wc.MemoryCache().load_or_compile(engine, str(tmp_path / "missing.wasm"))
+
+
+def test_invalid_wasm_is_wasmtimes_own_error(cache, engine):
+    with pytest.raises(wasmtime.WasmtimeError):
+        cache.load_or_compile(engine, b"not wasm")
+
+
+def test_clear_of_an_unwritable_folder_is_a_cache_error(tmp_path, key, engine, add_module):
+    cache = wc.FileSystemCache(tmp_path / "c")
+    cache.save(key, engine, add_module)
+    engine_dir = cache.path(key, engine).parent
+    engine_dir.chmod(0o500)
+    try:
+        command = [sys.executable, "-c"]
+        if os.geteuid() == 0:
+            setpriv = shutil.which("setpriv")
+            if setpriv is None:
+                pytest.skip("root without setpriv")
+            command = [setpriv, "--bounding-set=-dac_override,-dac_read_search", *command]
+        script = textwrap.dedent(f"""
+            import wasmcache as wc
+            try:
+                wc.FileSystemCache({str(cache.cache_dir)!r}).clear()
+            except wc.FileWriteError as exc:
+                assert isinstance(exc.__cause__, PermissionError) or exc.errno == 13, exc
+                print("FileWriteError", exc)
+        """)
+        done = subprocess.run([*command, script], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert "FileWriteError" in done.stdout
+    finally:
+        engine_dir.chmod(0o700)
+
+
+def test_engine_id_failure_is_a_cache_error(monkeypatch):
+    from wasmcache import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "elf_section", lambda data, name: None)
+    with pytest.raises(wc.EngineIdError):
+        wc.engine_id(wasmtime.Engine())
+
+
+def test_lzw_arguments(tmp_path):
+    stream = lzw.encode(b"abc")
+    assert lzw.decode(stream, 2**70) == b"abc"  # a cap past any size means no cap
+    with pytest.raises(TypeError, match="contiguous"):
+        lzw.decode(memoryview(stream + stream)[::2])
+    with pytest.raises(ValueError):
+        lzw.decode(stream, -1)
+    with pytest.raises(TypeError):
+        lzw.decode(stream, 1.5)  # type: ignore[arg-type]
+
+
+def test_an_empty_cache_dir_is_a_value_error():
+    with pytest.raises(ValueError, match="non-empty"):
+        wc.FileSystemCache("")
