@@ -118,6 +118,55 @@ def weezl(command: str, data: bytes) -> Optional[bytes]:
     return done.stdout if done.returncode == 0 else None
 
 
+# -- an XXH64 collision ---------------------------------------------------------------
+
+_P1, _P2, _M = 0x9E3779B185EBCA87, 0xC2B2AE3D27D4EB4F, (1 << 64) - 1
+VICTIM_WAT = (
+    '(module (func (export "add") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))'
+)
+FORGED_WAT = '(module (func (export "add") (param i32 i32) (result i32) i32.const 1337))'
+
+
+def _rotl(x: int, r: int) -> int:
+    return ((x << r) | (x >> (64 - r))) & _M
+
+
+def _xxh64_lanes(data: bytes, stripes: int) -> list[int]:
+    """XXH64's four accumulators (seed 0) after ``stripes`` 32-byte stripes of ``data``."""
+    acc = [(_P1 + _P2) & _M, _P2, 0, (-_P1) & _M]
+    for s in range(stripes):
+        for j in range(4):
+            lane = int.from_bytes(data[32 * s + 8 * j : 32 * s + 8 * j + 8], "little")
+            acc[j] = (_rotl((acc[j] + lane * _P2) & _M, 31) * _P1) & _M
+    return acc
+
+
+def _padded_module(wat: str, total: int) -> bytearray:
+    """The module of ``wat`` with a custom section of zeros filling it to ``total`` bytes."""
+    import wasmtime
+
+    body = wasmtime.wat2wasm(wat) + b"\x00"  # custom section id
+    size = total - len(body) - 5
+    leb = bytes(((size >> (7 * i)) & 0x7F) | (0x80 if i < 4 else 0) for i in range(5))
+    module = bytearray(body + leb + b"\x03pad")
+    return module + bytes(total - len(module))
+
+
+def forge_xxh64_collision() -> tuple[bytes, bytes]:
+    """(victim, forged): two valid modules of equal length and equal XXH64 whose ``add``
+    differ. XXH64's rounds are invertible, so one free 32-byte stripe inside the forged
+    module's custom section steers its accumulators onto the victim's."""
+    total, free = 512, 4  # bytes 128..160 of the custom section are free
+    victim, forged = _padded_module(VICTIM_WAT, total), _padded_module(FORGED_WAT, total)
+    target, before = _xxh64_lanes(victim, free + 1), _xxh64_lanes(forged, free)
+    inverse_p1, inverse_p2 = pow(_P1, -1, 1 << 64), pow(_P2, -1, 1 << 64)
+    for j in range(4):
+        rotated = (target[j] * inverse_p1) & _M
+        lane = ((_rotl(rotated, 33) - before[j]) * inverse_p2) & _M
+        forged[32 * free + 8 * j : 32 * free + 8 * j + 8] = lane.to_bytes(8, "little")
+    return bytes(victim), bytes(forged)
+
+
 # -- a loopback S3 server --------------------------------------------------------------
 
 

@@ -211,10 +211,10 @@ class FileSystemCache(maintenance.Housekeeping, ModuleCache):
 
     def _direct_index(self) -> Optional[str]:
         try:
-            exists = safefs.check_folder(self._dir, shared_group=self.shared_group)
-        except Exception:
-            return None
-        return self._dir if exists else None
+            safefs.check_folder(self._dir, shared_group=self.shared_group)
+        except UnsafeCacheError:
+            return None  # records stay in process memory
+        return self._dir
 
     def _make_folders(self, engine_dir: str) -> None:
         safefs.make_folders(self._dir, engine_dir, shared_group=self.shared_group)

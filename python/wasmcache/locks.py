@@ -23,6 +23,9 @@ except ImportError:  # pragma: no cover - not POSIX
 
 log = logging.getLogger("wasmcache")
 
+#: Times a lock is taken again because its file was replaced while waiting for it.
+_ATTEMPTS = 100
+
 
 class NamedLock:
     """A lock shared by everyone who asks :func:`thread_lock` for the same name."""
@@ -71,7 +74,7 @@ def _locked_fd(path: str, *, block: bool) -> Optional[int]:
     """An fd of ``path`` holding its exclusive flock, or None if the lock cannot be had
     (held by another, with ``block`` False; or no lock file possible)."""
     assert fcntl is not None
-    while True:
+    for _ in range(_ATTEMPTS):
         try:
             fd = os.open(path, LOCK_FLAGS, 0o600)
         except OSError:
@@ -88,6 +91,8 @@ def _locked_fd(path: str, *, block: bool) -> Optional[int]:
         if same_file(path, os.fstat(fd)):
             return fd
         os.close(fd)  # removed or replaced while we waited: lock the file there now
+    log.warning("%s keeps changing while it is locked: not locking it", path)
+    return None
 
 
 @contextlib.contextmanager
