@@ -56,6 +56,7 @@ def rows(data: dict) -> list[list[str]]:
                         "target_met_with_1ms",
                         "weezl",
                         "compressed_bytes",
+                        "wasm_mb_per_s",
                     )
                 ),
             ]
