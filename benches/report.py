@@ -152,9 +152,13 @@ def main() -> None:
     parser.add_argument("json")
     parser.add_argument("--out", default="BENCHMARKS.md")
     parser.add_argument("--png")
+    parser.add_argument("--install", help="a section from benches/install_size.py to append")
     args = parser.parse_args()
     data = json.loads(Path(args.json).read_text())
-    Path(args.out).write_text(markdown(data))
+    text = markdown(data)
+    if args.install:
+        text += "\n" + Path(args.install).read_text()
+    Path(args.out).write_text(text)
     if args.png:
         chart(data, Path(args.png))
     print(f"wrote {args.out}")

@@ -278,10 +278,10 @@ def test_prune_keeps_loaded_modules_valid(tmp_path, engine):
 
 def test_prune_removes_empty_engine_folders_and_ignores_strangers(tmp_path, engine):
     cache = wc.FileSystemCache(tmp_path)
-    _fill(cache, engine, 2)
+    keys = _fill(cache, engine, 2)
     old = tmp_path / "wasmtime-0.1-deadbeef-v1"
     old.mkdir()
-    engine_dir = next(p for p in tmp_path.iterdir() if p.name.startswith("wasmtime-50"))
+    engine_dir = cache.path(keys[0], engine).parent
     strangers = [
         tmp_path / "README",  # not an engine folder's name
         tmp_path / "notes" / "0123456789ABCDEF.bin",  # an entry's name, outside engine folders
