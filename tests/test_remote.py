@@ -161,7 +161,10 @@ def test_error_mapping():
     assert isinstance(remote_error(ox.PermissionDeniedError("no"), "k"), wc.RemoteAccessDenied)
     assert isinstance(remote_error(ox.UnauthenticatedError("no"), "k"), wc.RemoteAccessDenied)
     assert isinstance(remote_error(ox.NotFoundError("gone"), "k"), wc.NotFound)
-    assert isinstance(remote_error(ox.GenericError("NoSuchBucket"), "k"), wc.RemoteBucketNotFound)
+    # By type, never by text: a refused connection whose message holds "403" (in a key or
+    # an elapsed time) is no denial.
+    refused = ox.GenericError("connect error: Connection refused, 403 ms, key 4030ABCD.bin")
+    assert type(remote_error(refused, "k")) is wc.RemoteUnavailable
     error = remote_error(ox.GenericError("connection reset"), "fleet/x.bin")
     assert isinstance(error, wc.RemoteUnavailable) and "fleet/x.bin" in str(error)
     assert isinstance(wc.RemoteAccessDenied("x"), PermissionError)

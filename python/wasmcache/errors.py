@@ -96,3 +96,9 @@ class RemoteAccessDenied(RemoteError, PermissionError):
 
 class RemoteBucketNotFound(RemoteError):
     """The bucket does not exist."""
+
+
+class SignatureError(RemoteError):
+    """A remote object is unsigned, signed by a key that is not trusted, or its signature
+    does not match its content; it was neither kept nor loaded. The message names the
+    object and the key id."""

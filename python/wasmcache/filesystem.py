@@ -144,13 +144,20 @@ class FileSystemCache(maintenance.Housekeeping, ModuleCache):
             maintenance.maybe_prune(self, self.max_bytes, self.prune_interval)
 
     def receive(
-        self, key: ModuleHash, engine: wasmtime.Engine, chunks: Iterable[Buffer]
+        self,
+        key: ModuleHash,
+        engine: wasmtime.Engine,
+        chunks: Iterable[Buffer],
+        *,
+        verify: bool = True,
     ) -> wasmtime.Module:
         """Store an entry that arrives in pieces (a download) and load it: the pieces go
         to a temp file in the entry's folder, which is verified (format, length, XXH3-64)
         before it is renamed into place and mapped through its own descriptor. A bad or
         partial stream is never kept: DeserializeError for bad content, FileWriteError for
-        local trouble; any error raised by ``chunks`` itself passes through."""
+        local trouble; any error raised by ``chunks`` itself passes through. ``verify=False``
+        when ``chunks`` checked the content's checksum itself (the length and trailer are
+        still checked). Honours ``fsync`` and triggers automatic pruning like a save."""
         path = self._checked_path(key, engine)
         temp, fd = safefs.create_temp(path, self._make_folders)
         try:
@@ -158,8 +165,10 @@ class FileSystemCache(maintenance.Housekeeping, ModuleCache):
                 for chunk in chunks:
                     safefs.write_all(fd, memoryview(chunk))
                 size = os.fstat(fd).st_size
-                if entry.inspect(fd, size, verify=True) != "trailer":
+                if entry.inspect(fd, size, verify=verify) != "trailer":
                     raise Corrupt("not an entry in wasmcache's format")
+                if self.fsync:
+                    os.fsync(fd)
                 os.rename(temp, path)
             except OSError as exc:
                 raise FileWriteError(
@@ -179,6 +188,8 @@ class FileSystemCache(maintenance.Housekeeping, ModuleCache):
         finally:
             os.close(fd)
         log.debug("received %s (%d bytes) at %s", key, size, path)
+        if self.max_bytes is not None:
+            maintenance.maybe_prune(self, self.max_bytes, self.prune_interval)
         return module
 
     @contextlib.contextmanager

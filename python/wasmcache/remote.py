@@ -1,27 +1,29 @@
 """ObjectStoreCache: compiled modules in S3-compatible object storage, shared by a fleet.
 
-Objects are ``<prefix>/<engine id>-v<N>/<HASH>.bin`` in the on-disk format (artifact +
-trailer). A hit streams the object into a temp file in the local cache folder, verifies it,
-renames it into place and maps it from there, so the next load on this machine is a local
-hit. Needs the ``s3`` extra (obstore, a small native client of the Rust object_store crate).
+Objects live at ``<prefix>/<engine id>-v<N>/<HASH>.bin`` (see :mod:`wasmcache.names`) in
+the format of :mod:`wasmcache.transfer`: a header (signed when a signing key is given) and
+the entry zstd-compressed. A hit streams the object through the decompressor into a temp
+file in the local cache folder, checking it as it goes, renames it into place and maps it:
+the next load on this machine is a local hit. Needs the ``s3`` extra (obstore, zstandard,
+cryptography).
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import os
-import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, Optional, Union
 
 import wasmtime
 
-from wasmcache import names
+from wasmcache import names, transfer
 from wasmcache._image import artifact_bytes
 from wasmcache.base import ModuleCache
 from wasmcache.engine import engine_id
-from wasmcache.entry import make_trailer
+from wasmcache.entry import TRAILER_SIZE, make_trailer, read_trailer
 from wasmcache.errors import (
     CacheError,
     NotFound,
@@ -31,6 +33,8 @@ from wasmcache.errors import (
 )
 from wasmcache.filesystem import FileSystemCache
 from wasmcache.hashing import ModuleHash
+from wasmcache.lease import Lease
+from wasmcache.signing import Manifest, PrivateKeyLike, PublicKeyLike, Signer, Verifier
 
 log = logging.getLogger("wasmcache")
 
@@ -48,25 +52,22 @@ def _obstore() -> Any:
     return obstore
 
 
-def remote_error(exc: Exception, what: str) -> CacheError:
-    """The CacheError for an exception of the object store client; ``what`` names the
-    object or operation."""
+def remote_error(exc: BaseException, what: str) -> CacheError:
+    """The CacheError for an exception of the object store client, by its type; ``what``
+    names the object or operation. (A missing bucket also comes as "not found": the cache
+    tells it apart by asking for the bucket itself.)"""
     from obstore import exceptions as ox
 
-    text = str(exc)
-    if "NoSuchBucket" in text or "bucket does not exist" in text.lower():
-        return RemoteBucketNotFound(f"bucket not found for {what}: {_first_line(text)}")
-    if isinstance(exc, (FileNotFoundError, ox.NotFoundError)):
+    if isinstance(exc, (ox.PermissionDeniedError, ox.UnauthenticatedError, PermissionError)):
+        return RemoteAccessDenied(f"access denied to {what}: {_first_line(exc)}")
+    if isinstance(exc, (ox.NotFoundError, FileNotFoundError)):
         return NotFound(f"no remote object {what}")
-    if isinstance(exc, (ox.PermissionDeniedError, ox.UnauthenticatedError)) or (
-        "AccessDenied" in text or "403" in text
-    ):
-        return RemoteAccessDenied(f"access denied to {what}: {_first_line(text)}")
-    return RemoteUnavailable(f"object store failed for {what}: {_first_line(text)}")
+    return RemoteUnavailable(f"object store failed for {what}: {_first_line(exc)}")
 
 
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text.strip() else "unknown error"
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _split_url(url_or_bucket: str) -> tuple[str, str]:
@@ -78,19 +79,26 @@ def _split_url(url_or_bucket: str) -> tuple[str, str]:
 
 
 class ObjectStoreCache(ModuleCache):
-    """A cache in an S3-compatible bucket (AWS S3, MinIO, Ceph, R2...).
+    """A cache in an S3-compatible bucket (AWS S3, MinIO, Ceph, SeaweedFS, R2...).
 
     ``url_or_bucket`` is ``"s3://bucket/some/prefix"`` or a bucket name; ``prefix`` is put
     before every key (after any prefix in the URL). Downloads land in ``local``, the
     FileSystemCache this one usually stands behind (default: one in ``local_dir``, or in
-    :func:`~wasmcache.default_cache_dir`), verified before they are renamed into place.
+    :func:`~wasmcache.default_cache_dir`), checked before they are renamed into place.
     Credentials and region come from the usual AWS environment variables unless given;
     ``endpoint`` (with ``allow_http`` for plain http) points at a non-AWS store. ``store``
     takes a ready obstore store instead.
 
+    Trust: with ``trusted_keys`` (Ed25519 public keys, or PEM bytes or files), only objects
+    signed by one of them are ever kept or loaded (:class:`~wasmcache.SignatureError`);
+    ``signing_key`` (an Ed25519 private key, or PEM) signs what this cache uploads.
+
+    ``timeout`` is how long a transfer may make no progress before it fails (not a bound on
+    the whole transfer). Uploads are compressed with zstd at ``compression_level``.
+
     Concurrent misses across the fleet compile once: ``load_or_compile`` takes a lease
-    object (a conditional put of ``<HASH>.lease`` beside the entry), others wait for the
-    entry to appear; a lease older than ``lease_seconds`` (its holder died) is taken over.
+    object beside the entry, renewed every ``heartbeat`` seconds; others wait for the
+    entry, and take the lease over when its holder stops renewing it.
     """
 
     lock_scope = 2
@@ -107,9 +115,12 @@ class ObjectStoreCache(ModuleCache):
         access_key_id: Optional[str] = None,
         secret_access_key: Optional[str] = None,
         allow_http: Optional[bool] = None,
-        timeout: float = 60.0,
+        timeout: float = 30.0,
         max_retries: int = 3,
-        lease_seconds: float = 900.0,
+        signing_key: Optional[PrivateKeyLike] = None,
+        trusted_keys: Optional[Iterable[PublicKeyLike]] = None,
+        compression_level: int = 3,
+        heartbeat: float = 5.0,
         poll_seconds: float = 0.5,
         store: Any = None,
     ) -> None:
@@ -118,15 +129,23 @@ class ObjectStoreCache(ModuleCache):
             raise ValueError("give local or local_dir, not both")
         if local is not None and not isinstance(local, FileSystemCache):
             raise TypeError(f"local must be a FileSystemCache, not {type(local).__name__}")
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        if not 0 < heartbeat <= 10:
+            raise ValueError("heartbeat must be more than 0 and at most 10 seconds")
         self.local = local if local is not None else FileSystemCache(local_dir)
-        self.lease_seconds = lease_seconds
+        self.signer = Signer(signing_key) if signing_key is not None else None
+        self.verifier = Verifier(trusted_keys) if trusted_keys is not None else None
+        self.compression_level = compression_level
+        self.heartbeat = heartbeat
         self.poll_seconds = poll_seconds
+        self._bucket_seen = False
         url_prefix = ""
         if store is None:
             if not url_or_bucket:
                 raise ValueError("give a bucket name or an s3:// URL (or a store)")
             bucket, url_prefix = _split_url(url_or_bucket)
-            config: dict[str, Any] = {}
+            config: dict[str, Any] = {"conditional_put": "etag"}
             for name, value in (
                 ("endpoint", endpoint),
                 ("region", region),
@@ -135,14 +154,15 @@ class ObjectStoreCache(ModuleCache):
             ):
                 if value is not None:
                     config[name] = value
-            config.setdefault("conditional_put", "etag")
-            client: dict[str, Any] = {"timeout": f"{timeout:g}s", "connect_timeout": "10s"}
+            client: dict[str, Any] = {
+                "connect_timeout": datetime.timedelta(seconds=min(timeout, 10.0)),
+                "read_timeout": datetime.timedelta(seconds=timeout),  # no bytes for this long
+                "timeout": datetime.timedelta(days=1),  # the whole transfer: no bound
+            }
             if allow_http is not None:
                 client["allow_http"] = allow_http
             elif endpoint is not None and endpoint.startswith("http://"):
                 client["allow_http"] = True
-            import datetime
-
             retry = {
                 "max_retries": max_retries,
                 "retry_timeout": datetime.timedelta(seconds=max(timeout, 1.0)),
@@ -150,8 +170,15 @@ class ObjectStoreCache(ModuleCache):
             store = obstore.store.S3Store(
                 bucket, config=config, client_options=client, retry_config=retry
             )
+            # Uploads: one request per part of at most PART_SIZE, so a bound per request
+            # also bounds a stalled upload.
+            upload_client = {**client, "timeout": datetime.timedelta(seconds=4 * timeout)}
+            self._upload_store = obstore.store.S3Store(
+                bucket, config=config, client_options=upload_client, retry_config=retry
+            )
             self.url = f"s3://{bucket}"
         else:
+            self._upload_store = store
             self.url = repr(store)
         self._store = store
         self.prefix = "/".join(p for p in (url_prefix, prefix.strip("/")) if p)
@@ -170,39 +197,76 @@ class ObjectStoreCache(ModuleCache):
     def load(self, key: ModuleHash, engine: wasmtime.Engine) -> wasmtime.Module:
         obstore = _obstore()
         name = self.object_key(key, engine)
+        expected = Manifest(engine_id(engine), str(key), "module", 0, 0)
         try:
-            result = obstore.get(self._store, name)
-            chunks = result.stream(min_chunk_size=8 << 20)
+            chunks = iter(obstore.get(self._store, name).stream(min_chunk_size=transfer.CHUNK))
         except Exception as exc:
-            raise remote_error(exc, name) from exc
-        module = self.local.receive(key, engine, self._guarded(chunks, name))
+            raise self._error(exc, name) from exc
+        download = transfer.Download(self._guarded(chunks, name), name, expected, self.verifier)
+        module = self.local.receive(key, engine, download, verify=not download.checked)
         log.debug("remote hit %s (%s)", key, name)
         return module
 
-    @staticmethod
-    def _guarded(chunks: Any, name: str) -> Iterator[Any]:
+    def _guarded(self, chunks: Iterator[Any], name: str) -> Iterator[Any]:
         """The download's chunks, with client errors turned into CacheErrors."""
         try:
             yield from chunks
         except Exception as exc:
-            raise remote_error(exc, name) from exc
+            raise self._error(exc, name) from exc
+
+    def _error(self, exc: BaseException, name: str) -> CacheError:
+        error = remote_error(exc, name)
+        if isinstance(error, NotFound) and not self._bucket_seen:
+            self._check_bucket(name)
+        return error
+
+    def _check_bucket(self, name: str) -> None:
+        """RemoteBucketNotFound if the bucket is missing (asked once per cache)."""
+        obstore = _obstore()
+        try:
+            obstore.head(self._store, "")  # a HEAD of the bucket itself
+        except Exception as exc:
+            error = remote_error(exc, self.url)
+            if isinstance(error, NotFound):
+                raise RemoteBucketNotFound(f"bucket not found: {self.url} (for {name})") from exc
+            raise error from exc
+        self._bucket_seen = True
 
     def save(self, key: ModuleHash, engine: wasmtime.Engine, module: wasmtime.Module) -> None:
         obstore = _obstore()
         name = self.object_key(key, engine)
         payload = artifact_bytes(module)
         trailer = make_trailer(payload)
+        parsed = read_trailer(trailer)
+        assert parsed is not None
+        manifest = Manifest(
+            engine_id(engine), str(key), "module", len(payload) + TRAILER_SIZE, parsed.checksum
+        )
+        pieces = transfer.encode(
+            manifest, payload, trailer, self.signer, level=self.compression_level
+        )
+        size = sum(len(p) for p in pieces)
         try:
-            if len(payload) + len(trailer) <= PART_SIZE:
-                obstore.put(self._store, name, bytes(payload) + trailer, use_multipart=False)
+            if size <= PART_SIZE:
+                obstore.put(self._upload_store, name, b"".join(pieces), use_multipart=False)
             else:
-                parts = [payload[i : i + PART_SIZE] for i in range(0, len(payload), PART_SIZE)]
+                # A failed multipart upload is aborted by the client (tested).
                 obstore.put(
-                    self._store, name, [*parts, trailer], chunk_size=PART_SIZE, max_concurrency=4
+                    self._upload_store,
+                    name,
+                    _parts(pieces),
+                    chunk_size=PART_SIZE,
+                    max_concurrency=4,
                 )
         except Exception as exc:
-            raise remote_error(exc, name) from exc
-        log.debug("uploaded %s (%d bytes) to %s", key, len(payload) + len(trailer), name)
+            raise self._error(exc, name) from exc
+        log.debug(
+            "uploaded %s (%d bytes, %d compressed) to %s",
+            key,
+            manifest.length,
+            size,
+            name,
+        )
 
     def contains(self, key: ModuleHash, engine: wasmtime.Engine) -> bool:
         obstore = _obstore()
@@ -210,7 +274,7 @@ class ObjectStoreCache(ModuleCache):
         try:
             obstore.head(self._store, name)
         except Exception as exc:
-            error = remote_error(exc, name)
+            error = self._error(exc, name)
             if isinstance(error, NotFound):
                 return False
             raise error from exc
@@ -220,65 +284,27 @@ class ObjectStoreCache(ModuleCache):
 
     @contextlib.contextmanager
     def compile_lock(self, key: ModuleHash, engine: wasmtime.Engine) -> Iterator[None]:
-        """A lease object beside the entry: taken by a conditional put; others wait until
-        the entry appears, the lease is released, or it grows older than lease_seconds."""
-        obstore = _obstore()
-        lease = self.object_key(key, engine, lease=True)
+        """The fleet-wide lease of this key (see :mod:`wasmcache.lease`); when the store
+        cannot do conditional puts, or fails, there is none (one warning) and the machine
+        compiles on its own."""
+        lease = Lease(
+            self._store, self.object_key(key, engine, lease=True), self.heartbeat, self.poll_seconds
+        )
         held = False
         try:
-            held = self._take_lease(obstore, key, engine, lease)
+            held = lease.acquire(lambda: self.contains(key, engine))
+        except Exception as exc:
+            log.warning("no fleet-wide compile lease for %s: %s", key, exc)
+        try:
             yield
         finally:
             if held:
-                with contextlib.suppress(Exception):
-                    obstore.delete(self._store, lease)
+                lease.release()
 
-    def _take_lease(
-        self, obstore: Any, key: ModuleHash, engine: wasmtime.Engine, lease: str
-    ) -> bool:
-        import socket
 
-        from obstore import exceptions as ox
-
-        owner = f"{socket.gethostname()} pid {os.getpid()} at {time.time():.0f}".encode()
-        while True:
-            try:
-                obstore.put(self._store, lease, owner, mode="create")
-                return True
-            except (ox.AlreadyExistsError, ox.PreconditionError):
-                pass
-            except ox.NotSupportedError:
-                log.warning("%r cannot put conditionally: no fleet-wide compile lock", self)
-                return False
-            except Exception as exc:
-                log.warning(
-                    "could not take the compile lease %s: %s", lease, remote_error(exc, lease)
-                )
-                return False
-            # Someone else compiles: wait for the entry, a released lease or a stale one.
-            if self._wait_for_lease(obstore, key, engine, lease):
-                return False
-
-    def _wait_for_lease(
-        self, obstore: Any, key: ModuleHash, engine: wasmtime.Engine, lease: str
-    ) -> bool:
-        """Poll until the entry exists (True) or the lease may be taken (False)."""
-        from obstore import exceptions as ox
-
-        while True:
-            try:
-                if self.contains(key, engine):
-                    return True
-                meta = obstore.head(self._store, lease)
-            except ox.NotFoundError:
-                return False  # released without an entry: try to take it
-            except Exception as exc:
-                log.warning("waiting for lease %s failed: %s", lease, exc)
-                return True  # give up waiting; the caller compiles or loads itself
-            age = time.time() - meta["last_modified"].timestamp()
-            if age > self.lease_seconds:
-                log.warning("taking over stale compile lease %s (%.0f s old)", lease, age)
-                with contextlib.suppress(Exception):
-                    obstore.delete(self._store, lease)
-                return False
-            time.sleep(self.poll_seconds)
+def _parts(pieces: list[bytes]) -> Iterator[memoryview]:
+    """The object in slices of at most PART_SIZE, without joining it."""
+    for piece in pieces:
+        view = memoryview(piece)
+        for start in range(0, len(view), PART_SIZE):
+            yield view[start : start + PART_SIZE]

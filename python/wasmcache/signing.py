@@ -1,0 +1,152 @@
+"""Signed entries: Ed25519 signatures over what identifies an entry's content.
+
+The signed text names the engine id, the key, the kind, the entry's length and its
+checksum, so a signature cannot be moved to another key, engine or content. A key is named
+by its id: the first 8 bytes (16 hex digits) of the SHA-256 of its raw public bytes.
+Needs ``cryptography`` (the ``s3`` extra).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple, Union, cast
+
+from wasmcache.errors import SignatureError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
+
+PrivateKeyLike = Union["Ed25519PrivateKey", bytes, str, "os.PathLike[str]"]
+PublicKeyLike = Union["Ed25519PublicKey", bytes, str, "os.PathLike[str]"]
+_PemSource = Union[bytes, str, "os.PathLike[str]"]
+_DOMAIN = b"wasmcache signed entry v1\n"
+
+
+class Manifest(NamedTuple):
+    """What a signature covers."""
+
+    engine_id: str
+    key: str  # uppercase hex of the module hash
+    kind: str  # "module"
+    length: int  # bytes of the entry: artifact + trailer
+    checksum: int  # XXH3-64 of the artifact (as in the trailer)
+
+    def signed_bytes(self) -> bytes:
+        text = f"{self.engine_id}\n{self.key}\n{self.kind}\n{self.length}\n{self.checksum:016x}\n"
+        return _DOMAIN + text.encode("ascii")
+
+
+def _crypto() -> Any:
+    try:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ImportError("signed entries need cryptography: pip install 'wasmcache[s3]'") from exc
+    return serialization, ed25519
+
+
+def _pem(value: _PemSource, what: str) -> bytes:
+    """PEM text given as bytes, or as the path of a PEM file."""
+    if isinstance(value, bytes):
+        return value
+    path = Path(os.fspath(value))
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read the {what} PEM file {path}: {exc.strerror}") from exc
+
+
+def load_private_key(value: PrivateKeyLike) -> Ed25519PrivateKey:
+    """An Ed25519 private key from a key object, PEM bytes or a PEM file's path."""
+    serialization, ed25519 = _crypto()
+    if isinstance(value, ed25519.Ed25519PrivateKey):
+        return cast("Ed25519PrivateKey", value)
+    try:
+        key = serialization.load_pem_private_key(
+            _pem(cast(_PemSource, value), "signing key"), password=None
+        )
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"not an unencrypted PEM private key: {exc}") from exc
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise ValueError(f"the signing key must be Ed25519, not {type(key).__name__}")
+    return cast("Ed25519PrivateKey", key)
+
+
+def load_public_key(value: PublicKeyLike) -> Ed25519PublicKey:
+    """An Ed25519 public key from a key object, PEM bytes or a PEM file's path."""
+    serialization, ed25519 = _crypto()
+    if isinstance(value, ed25519.Ed25519PublicKey):
+        return cast("Ed25519PublicKey", value)
+    try:
+        key = serialization.load_pem_public_key(_pem(cast(_PemSource, value), "trusted key"))
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"not a PEM public key: {exc}") from exc
+    if not isinstance(key, ed25519.Ed25519PublicKey):
+        raise ValueError(f"trusted keys must be Ed25519, not {type(key).__name__}")
+    return cast("Ed25519PublicKey", key)
+
+
+def key_id(public: Ed25519PublicKey) -> str:
+    serialization, _ = _crypto()
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+class Signer:
+    """Signs manifests with one private key."""
+
+    def __init__(self, private: PrivateKeyLike) -> None:
+        self._key = load_private_key(private)
+        self.key_id = key_id(self._key.public_key())
+
+    def sign(self, manifest: Manifest) -> bytes:
+        return bytes(self._key.sign(manifest.signed_bytes()))
+
+
+class Verifier:
+    """Accepts manifests signed by one of the trusted public keys."""
+
+    def __init__(self, trusted: Iterable[PublicKeyLike]) -> None:
+        keys = [load_public_key(k) for k in trusted]
+        if not keys:
+            raise ValueError("trusted_keys is empty: no object could ever be loaded")
+        self._keys = {key_id(k): k for k in keys}
+
+    def check(self, manifest: Manifest, signer: object, signature: object, name: str) -> None:
+        """Return if ``signature`` by key ``signer`` is valid for ``manifest``; else raise
+        SignatureError naming the object ``name`` and the key id."""
+        from cryptography.exceptions import InvalidSignature
+
+        if not isinstance(signer, str) or not isinstance(signature, bytes):
+            raise SignatureError(f"{name} is not signed; only signed objects are trusted")
+        public = self._keys.get(signer)
+        if public is None:
+            raise SignatureError(f"{name} is signed by key {signer}, which is not trusted")
+        try:
+            public.verify(signature, manifest.signed_bytes())
+        except InvalidSignature:
+            raise SignatureError(
+                f"{name} has an invalid signature for key {signer}: its content, key or "
+                "engine is not what was signed"
+            ) from None
+
+
+def generate_pem_pair() -> tuple[bytes, bytes]:
+    """A new Ed25519 key pair as (private PEM, public PEM)."""
+    serialization, ed25519 = _crypto()
+    private = ed25519.Ed25519PrivateKey.generate()
+    private_pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    public_pem = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return bytes(private_pem), bytes(public_pem)
