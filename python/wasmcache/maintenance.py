@@ -22,6 +22,9 @@ from wasmcache.hashing import ModuleHash
 
 log = logging.getLogger("wasmcache")
 
+#: Temp files older than this (seconds) are left over from an interrupted save or download:
+#: a live one is renamed long before (a stalled download fails after its idle timeout).
+STALE_TEMP_AGE = 600.0
 #: Direct-mode records not rewritten for this long are dropped by prune (seconds).
 INDEX_RECORD_AGE = 7 * 86400.0
 
@@ -67,7 +70,7 @@ class Housekeeping:
         many entries."""
         return clear(self)
 
-    def cleanup(self, older_than: float = 3600.0) -> int:
+    def cleanup(self, older_than: float = STALE_TEMP_AGE) -> int:
         """Remove temp files of interrupted saves older than ``older_than`` seconds, and
         lock files as old that nobody holds; return how many were removed."""
         return cleanup(str(self.cache_dir), older_than)
@@ -166,8 +169,10 @@ def prune(cache: Housekeeping, max_bytes: int) -> list[CacheEntry]:
     if max_bytes < 0:
         raise ValueError("max_bytes must not be negative")
     cache_dir = str(cache.cache_dir)
+    cleanup(cache_dir, STALE_TEMP_AGE)
     ordered = sorted(entries(cache_dir), key=lambda e: e.last_used)
-    total = sum(e.size for e in ordered)
+    # Temp files of saves and downloads in progress hold disk too: they count.
+    total = sum(e.size for e in ordered) + _temp_bytes(cache_dir)
     removed = []
     for found in ordered:
         if total <= max_bytes:
@@ -181,7 +186,6 @@ def prune(cache: Housekeeping, max_bytes: int) -> list[CacheEntry]:
             continue
         total -= found.size
         removed.append(found)
-    cleanup(cache_dir, 3600.0)
     _remove_index_records(cache_dir, INDEX_RECORD_AGE)
     _remove_empty_folders(cache_dir)
     if removed:
@@ -243,6 +247,16 @@ def cleanup(cache_dir: str, older_than: float) -> int:
     if removed:
         log.debug("removed %d stale temp and lock files under %s", removed, cache_dir)
     return removed
+
+
+def _temp_bytes(cache_dir: str) -> int:
+    total = 0
+    for folder in engine_folders(cache_dir):
+        for item in _scan(folder.path):
+            if names.is_temp(item.name):
+                with contextlib.suppress(OSError):
+                    total += item.stat(follow_symlinks=False).st_size
+    return total
 
 
 def maybe_prune(cache: Housekeeping, max_bytes: int, interval: float) -> None:

@@ -23,7 +23,7 @@ from wasmcache import names, transfer
 from wasmcache._image import artifact_bytes
 from wasmcache.base import ModuleCache
 from wasmcache.engine import engine_id
-from wasmcache.entry import TRAILER_SIZE, make_trailer, read_trailer
+from wasmcache.entry import TRAILER_SIZE, Buffer, make_trailer, read_trailer
 from wasmcache.errors import (
     CacheError,
     NotFound,
@@ -94,7 +94,8 @@ class ObjectStoreCache(ModuleCache):
     ``signing_key`` (an Ed25519 private key, or PEM) signs what this cache uploads.
 
     ``timeout`` is how long a transfer may make no progress before it fails (not a bound on
-    the whole transfer). Uploads are compressed with zstd at ``compression_level``.
+    the whole transfer). Uploads are compressed with zstd at ``compression_level`` (``None``:
+    sent as they are).
 
     Concurrent misses across the fleet compile once: ``load_or_compile`` takes a lease
     object beside the entry, renewed every ``heartbeat`` seconds; others wait for the
@@ -119,7 +120,7 @@ class ObjectStoreCache(ModuleCache):
         max_retries: int = 3,
         signing_key: Optional[PrivateKeyLike] = None,
         trusted_keys: Optional[Iterable[PublicKeyLike]] = None,
-        compression_level: int = 3,
+        compression_level: Optional[int] = 3,
         heartbeat: float = 5.0,
         poll_seconds: float = 0.5,
         store: Any = None,
@@ -245,7 +246,7 @@ class ObjectStoreCache(ModuleCache):
         pieces = transfer.encode(
             manifest, payload, trailer, self.signer, level=self.compression_level
         )
-        size = sum(len(p) for p in pieces)
+        size = sum(len(memoryview(p)) for p in pieces)
         try:
             if size <= PART_SIZE:
                 obstore.put(self._upload_store, name, b"".join(pieces), use_multipart=False)
@@ -302,7 +303,7 @@ class ObjectStoreCache(ModuleCache):
                 lease.release()
 
 
-def _parts(pieces: list[bytes]) -> Iterator[memoryview]:
+def _parts(pieces: list[Buffer]) -> Iterator[memoryview]:
     """The object in slices of at most PART_SIZE, without joining it."""
     for piece in pieces:
         view = memoryview(piece)

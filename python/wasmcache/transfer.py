@@ -46,21 +46,26 @@ def encode(
     trailer: bytes,
     signer: Optional[Signer],
     *,
-    level: int = 3,
-) -> list[bytes]:
-    """The pieces of the object for an entry (header, then the compressed entry)."""
-    header: dict[str, Any] = {"manifest": manifest._asdict(), "compression": "zstd"}
+    level: Optional[int] = 3,
+) -> list[Buffer]:
+    """The pieces of the object for an entry: the header, then the entry compressed with
+    zstd at ``level`` (or as it is, with ``level=None``)."""
+    compression = "zstd" if level is not None else "none"
+    header: dict[str, Any] = {"manifest": manifest._asdict(), "compression": compression}
     if signer is not None:
         header["signer"] = signer.key_id
         header["signature"] = base64.b64encode(signer.sign(manifest)).decode("ascii")
     text = json.dumps(header, sort_keys=True).encode()
+    head = OBJECT_MAGIC + _LENGTH.pack(len(text)) + text
+    if level is None:
+        return [head, payload, trailer]
     compressor = (
         _zstd()
         .ZstdCompressor(level=level, threads=-1)
         .compressobj(size=len(payload) + len(trailer))
     )
     body = [compressor.compress(payload), compressor.compress(trailer), compressor.flush()]
-    return [OBJECT_MAGIC + _LENGTH.pack(len(text)) + text, *body]
+    return [head, *body]
 
 
 class _ChunkFile:
@@ -139,7 +144,8 @@ class Download:
             signature_bytes = base64.b64decode(signature) if isinstance(signature, str) else None
         except (ValueError, TypeError, KeyError) as exc:
             raise DeserializeError(f"{self._name} has a damaged header: {exc}") from None
-        if manifest[:3] != expected[:3] or header.get("compression") != "zstd":
+        self._compression = header.get("compression")
+        if manifest[:3] != expected[:3] or self._compression not in ("zstd", "none"):
             raise DeserializeError(
                 f"{self._name} holds {manifest.kind} {manifest.key} of engine "
                 f"{manifest.engine_id}, not what its name says"
@@ -163,11 +169,10 @@ class Download:
         yield from self._decompressed(self._manifest)
 
     def _decompressed(self, manifest: Manifest) -> Iterator[bytes]:
-        reader = (
-            _zstd()
-            .ZstdDecompressor()
-            .stream_reader(_ChunkFile(self._head, self._chunks), read_size=CHUNK)
-        )
+        source = _ChunkFile(self._head, self._chunks)
+        reader: Any = source
+        if self._compression == "zstd":
+            reader = _zstd().ZstdDecompressor().stream_reader(source, read_size=CHUNK)
         hasher = xxhash.xxh3_64()
         total = 0
         tail = b""  # the last TRAILER_SIZE bytes seen: the trailer, once the stream ends

