@@ -500,3 +500,55 @@ def test_download_temps_count_toward_max_bytes_and_go_after_minutes(tmp_path, en
     old = time.time() - 11 * 60
     os.utime(temp, (old, old))
     assert cache.cleanup() == 1 and not temp.exists()
+
+
+# -- the command line --------------------------------------------------------------------------
+
+EXIT_WAT = """
+(module
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (func (export "_start") (call $exit (i32.const 7))))
+"""
+
+
+def _wasmcache(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "wasmcache", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **support.S3_CREDENTIALS, **env},
+        timeout=120,
+    )
+
+
+def test_keygen_compile_signed_and_run_trusted(seaweed, tmp_path, prefix):
+    done = _wasmcache("keygen", "--out", str(tmp_path / "keys"), "--name", "ci", env={})
+    assert done.returncode == 0, done.stderr
+    private, public = tmp_path / "keys" / "ci.pem", tmp_path / "keys" / "ci.pub.pem"
+    assert private.stat().st_mode & 0o077 == 0
+    again = _wasmcache("keygen", "--out", str(tmp_path / "keys"), "--name", "ci", env={})
+    assert again.returncode == 2 and "not overwriting" in again.stderr
+    wasm = tmp_path / "exit.wasm"
+    wasm.write_bytes(wasmtime.wat2wasm(EXIT_WAT))
+    remote_url = f"s3://{seaweed.bucket}/{prefix}"
+    common = ["--remote", remote_url, "--endpoint", seaweed.endpoint]
+    ci = _wasmcache(
+        *common, "--signing-key", str(private), "compile", str(wasm),
+        env={"WASMCACHE_DIR": str(tmp_path / "ci-cache")},
+    )  # fmt: skip
+    assert ci.returncode == 0, ci.stderr
+    worker = _wasmcache(
+        "-v", *common, "run", str(wasm),
+        env={"WASMCACHE_DIR": str(tmp_path / "worker"), "WASMCACHE_TRUSTED_KEYS": str(public)},
+    )  # fmt: skip
+    assert worker.returncode == 7, worker.stderr
+    assert "remote hit" in worker.stderr
+    stranger_key = tmp_path / "keys" / "other.pub.pem"
+    stranger_key.write_bytes(generate_pem_pair()[1])
+    stranger = _wasmcache(
+        *common, "--trusted-key", str(stranger_key), "run", str(wasm),
+        env={"WASMCACHE_DIR": str(tmp_path / "stranger")},
+    )  # fmt: skip
+    assert stranger.returncode == 7  # compiled locally instead
+    assert "not trusted" in stranger.stderr

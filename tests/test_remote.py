@@ -259,3 +259,26 @@ def test_load_or_compile_compiles_once_per_fleet(s3_endpoint, bucket, tmp_path):
     print(f"\n3 machines: {uploads} compile+upload, {downloads} downloads")
     assert uploads == 1
     assert downloads == 2
+
+
+def test_a_failed_multipart_upload_is_aborted(
+    s3_endpoint, s3, bucket, tmp_path, engine, monkeypatch
+):
+    """No parts of a failed upload stay in the bucket."""
+    from wasmcache import remote as remote_module
+
+    wasm = synth.data_module(40 << 20, seed=12)  # random: more than two parts compressed
+    module = wasmtime.Module(engine, wasm)
+    real_parts = remote_module._parts
+
+    def failing(pieces):
+        for i, part in enumerate(real_parts(pieces)):
+            if i == 1:
+                raise OSError("the disk holding the artifact went away")
+            yield part
+
+    monkeypatch.setattr(remote_module, "_parts", failing)
+    with pytest.raises(wc.RemoteError):
+        remote(s3_endpoint, bucket, tmp_path).save(wc.ModuleHash.sha256(wasm), engine, module)
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert s3.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0

@@ -13,11 +13,12 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import wasmtime
 
 from wasmcache import synth
+from wasmcache.base import ModuleCache
 from wasmcache.config import default_cache_dir
 from wasmcache.engine import engine_id
 from wasmcache.errors import CacheError
@@ -57,16 +58,66 @@ def cli_engine() -> wasmtime.Engine:
     return wasmtime.Engine(config)
 
 
-def _compile(
-    cache: Optional[FileSystemCache], engine: wasmtime.Engine, path: str
-) -> wasmtime.Module:
+def _compile(cache: Optional[ModuleCache], engine: wasmtime.Engine, path: str) -> wasmtime.Module:
     """The module at ``path``: from the cache, or compiled (and cached) with a live
     elapsed-time indicator when that takes a while."""
-    wasm = Path(path).read_bytes()
     with elapsed(f"compiling {os.path.basename(path)}"):
         if cache is None:
-            return wasmtime.Module(engine, wasm)
-        return cache.load_or_compile(engine, wasm)
+            return wasmtime.Module(engine, Path(path).read_bytes())
+        return cache.load_or_compile(engine, path)
+
+
+# -- the fleet tier and its keys ------------------------------------------------------------
+
+
+def _pem_source(value: str) -> Union[bytes, str]:
+    """A key given on the command line or in the environment: PEM text, or a file's path."""
+    return value.encode() if value.lstrip().startswith("-----BEGIN") else value
+
+
+def runtime_cache(args: argparse.Namespace, local: FileSystemCache) -> ModuleCache:
+    """The local folder, in front of the shared bucket when one is configured
+    (``--remote`` or ``$WASMCACHE_REMOTE``)."""
+    url = args.remote or os.environ.get("WASMCACHE_REMOTE")
+    if not url:
+        return local
+    from wasmcache.remote import ObjectStoreCache
+
+    signing = args.signing_key or os.environ.get("WASMCACHE_SIGNING_KEY")
+    trusted = list(args.trusted_key or [])
+    if not trusted and os.environ.get("WASMCACHE_TRUSTED_KEYS"):
+        text = os.environ["WASMCACHE_TRUSTED_KEYS"]
+        trusted = [text] if "-----BEGIN" in text else text.split(os.pathsep)
+    try:
+        shared = ObjectStoreCache(
+            url,
+            endpoint=args.endpoint or os.environ.get("WASMCACHE_ENDPOINT"),
+            local=local,
+            signing_key=_pem_source(signing) if signing else None,
+            trusted_keys=[_pem_source(t) for t in trusted] if trusted else None,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    return local.with_fallback(shared)
+
+
+def cmd_keygen(args: argparse.Namespace, cache: FileSystemCache) -> int:
+    from wasmcache.signing import generate_pem_pair
+
+    folder = Path(args.out)
+    private_path, public_path = folder / f"{args.name}.pem", folder / f"{args.name}.pub.pem"
+    for path in (private_path, public_path):
+        if path.exists():
+            raise UsageError(f"{path} exists: not overwriting a key")
+    private, public = generate_pem_pair()
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(private)
+    public_path.write_bytes(public)
+    print(f"signing key (keep it secret, for the machines that compile): {private_path}")
+    print(f"public key (for every machine that loads, --trusted-key): {public_path}")
+    return 0
 
 
 # -- commands ------------------------------------------------------------------------
@@ -74,7 +125,7 @@ def _compile(
 
 def cmd_run(args: argparse.Namespace, cache: FileSystemCache) -> int:
     engine = cli_engine()
-    module = _compile(None if args.no_cache else cache, engine, args.file)
+    module = _compile(None if args.no_cache else runtime_cache(args, cache), engine, args.file)
     linker = wasmtime.Linker(engine)
     linker.define_wasi()
     store = wasmtime.Store(engine)
@@ -123,9 +174,10 @@ def cmd_run(args: argparse.Namespace, cache: FileSystemCache) -> int:
 
 def cmd_compile(args: argparse.Namespace, cache: FileSystemCache) -> int:
     engine = cli_engine()
+    stack = runtime_cache(args, cache)
     for path in args.files:
         start = time.perf_counter()
-        _compile(cache, engine, path)
+        _compile(stack, engine, path)
         print(f"{path}: cached ({time.perf_counter() - start:.2f} s)")
     return 0
 
@@ -254,6 +306,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache-dir", help="cache folder (default: $WASMCACHE_DIR or the user cache folder)"
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logs, tracebacks")
+    fleet = parser.add_argument_group("shared bucket (run and compile)")
+    fleet.add_argument(
+        "--remote", metavar="s3://BUCKET/PREFIX", help="also use this bucket ($WASMCACHE_REMOTE)"
+    )
+    fleet.add_argument("--endpoint", help="S3 endpoint URL ($WASMCACHE_ENDPOINT)")
+    fleet.add_argument(
+        "--signing-key",
+        metavar="PEM",
+        help="sign uploads with this Ed25519 key file ($WASMCACHE_SIGNING_KEY: a path or PEM)",
+    )
+    fleet.add_argument(
+        "--trusted-key",
+        metavar="PEM",
+        action="append",
+        help="load only objects signed by this public key file (repeatable; "
+        "$WASMCACHE_TRUSTED_KEYS: paths separated by ':', or PEM)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a WASI command module, compiled code from the cache")
@@ -286,6 +355,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     clear = sub.add_parser("clear", help="remove every entry")
     clear.set_defaults(handler=cmd_clear)
+
+    keygen = sub.add_parser("keygen", help="make an Ed25519 key pair for signed entries")
+    keygen.add_argument("--out", default=".", help="folder of the two PEM files (default: .)")
+    keygen.add_argument("--name", default="wasmcache", help="file name stem (default: wasmcache)")
+    keygen.set_defaults(handler=cmd_keygen)
 
     demo = sub.add_parser("demo", help="compile a generated module cold, then load it warm")
     demo.add_argument("--functions", type=int, default=16000, help=argparse.SUPPRESS)
