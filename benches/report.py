@@ -57,6 +57,10 @@ def rows(data: dict) -> list[list[str]]:
                         "weezl",
                         "compressed_bytes",
                         "wasm_mb_per_s",
+                        "link",
+                        "wire_bytes",
+                        "wire_bytes_uncompressed",
+                        "compile_ms",
                     )
                 ),
             ]

