@@ -326,6 +326,20 @@ class Seaweed:
         self.process = None
 
 
+def start_holder(script: str) -> subprocess.Popen[str]:
+    """A Python process running ``script``, which prints "locked" once it holds a lock and
+    then waits for a line on stdin; returned once it holds the lock."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout is not None
+    line = holder.stdout.readline()
+    if line != "locked\n":
+        holder.kill()
+        raise RuntimeError(f"the lock holder did not start: {line!r}")
+    return holder
+
+
 # -- processes that start together ---------------------------------------------------------
 
 #: Put at the top of a racer's script: it says it is ready, then waits for the go file.

@@ -21,6 +21,7 @@ import wasmtime
 
 from wasmcache import names, transfer
 from wasmcache._image import artifact_bytes
+from wasmcache._optional import require
 from wasmcache.base import ModuleCache
 from wasmcache.engine import engine_id
 from wasmcache.entry import TRAILER_SIZE, Buffer, make_trailer, read_trailer
@@ -43,13 +44,7 @@ PART_SIZE = 16 << 20
 
 
 def _obstore() -> Any:
-    try:
-        import obstore
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise ImportError(
-            "ObjectStoreCache needs the s3 extra: pip install 'wasmcache[s3]'"
-        ) from exc
-    return obstore
+    return require("obstore")
 
 
 def remote_error(exc: BaseException, what: str) -> CacheError:

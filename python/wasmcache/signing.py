@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Union, cast
 
+from wasmcache._optional import require
 from wasmcache.errors import SignatureError
 
 if TYPE_CHECKING:
@@ -43,11 +44,10 @@ class Manifest(NamedTuple):
 
 
 def _crypto() -> Any:
-    try:
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import ed25519
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise ImportError("signed entries need cryptography: pip install 'wasmcache[s3]'") from exc
+    require("cryptography")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
     return serialization, ed25519
 
 

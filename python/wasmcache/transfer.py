@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 import xxhash
 
+from wasmcache._optional import require
 from wasmcache.elf import ELF_MAGIC
 from wasmcache.entry import MAGIC, TRAILER, TRAILER_SIZE, Buffer
 from wasmcache.errors import DeserializeError
@@ -31,13 +32,7 @@ CHUNK = 1 << 20
 
 
 def _zstd() -> Any:
-    try:
-        import zstandard
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise ImportError(
-            "compressed transfers need zstandard: pip install 'wasmcache[s3]'"
-        ) from exc
-    return zstandard
+    return require("zstandard")
 
 
 def encode(
