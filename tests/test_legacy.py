@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -28,6 +29,8 @@ def _peak_rss_of(script: str) -> tuple[int, str]:
     peak = int(
         next(line.split()[1] for line in done.stdout.splitlines() if line.startswith("peak"))
     )
+    if "libasan" in os.environ.get("LD_PRELOAD", ""):
+        return 0, done.stdout  # AddressSanitizer's own memory makes RSS meaningless there
     return (peak - base) * 1024, done.stdout
 
 

@@ -198,7 +198,8 @@ class ObjectStoreCache(ModuleCache):
             chunks = iter(obstore.get(self._store, name).stream(min_chunk_size=transfer.CHUNK))
         except Exception as exc:
             raise self._error(exc, name) from exc
-        download = transfer.Download(self._guarded(chunks, name), name, expected, self.verifier)
+        chunks = self._guarded(transfer.prefetched(chunks), name)
+        download = transfer.Download(chunks, name, expected, self.verifier)
         module = self.local.receive(key, engine, download, verify=not download.checked)
         log.debug("remote hit %s (%s)", key, name)
         return module

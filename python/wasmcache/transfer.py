@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import base64
 import json
+import queue
 import struct
+import threading
 from collections.abc import Iterator
 from typing import Any, Optional
 
@@ -60,7 +62,45 @@ def encode(
         .compressobj(size=len(payload) + len(trailer))
     )
     body = [compressor.compress(payload), compressor.compress(trailer), compressor.flush()]
+    if sum(len(b) for b in body) > 0.9 * (len(payload) + len(trailer)):
+        # Hardly compressible (random data segments): sent as it is, decoded faster.
+        return encode(manifest, payload, trailer, signer, level=None)
     return [head, *body]
+
+
+def prefetched(chunks: Iterator[Buffer], depth: int = 32) -> Iterator[Buffer]:
+    """The same chunks, read ahead by a thread (at most ``depth`` waiting), so the network
+    and the decompression overlap. Errors of ``chunks`` come out where they happened."""
+    pending: queue.Queue[object] = queue.Queue(maxsize=depth)
+    end = object()
+    stop = threading.Event()
+
+    def pump() -> None:
+        try:
+            for chunk in chunks:
+                while not stop.is_set():
+                    try:
+                        pending.put(chunk, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            pending.put(end)
+        except BaseException as exc:  # handed to the reader, raised there
+            pending.put(exc)
+
+    threading.Thread(target=pump, name="wasmcache-download", daemon=True).start()
+    try:
+        while True:
+            item = pending.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
 
 
 class _ChunkFile:
