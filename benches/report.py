@@ -12,7 +12,10 @@ from pathlib import Path
 
 COMMAND = (
     "pip install '.[bench]' && python -m pytest benches --benchmark-only "
-    "--benchmark-json=bench.json && python benches/report.py bench.json"
+    "--benchmark-json=bench.json\n"
+    "python -m build && auditwheel repair -w wheelhouse dist/*.whl && "
+    "python benches/install_size.py wheelhouse/*.whl PYTHON3.9 PYTHON3.13 --out install.md\n"
+    "python benches/report.py bench.json --install install.md"
 )
 
 
