@@ -360,8 +360,8 @@ def test_memory_cache_lets_engines_go(add_wasm):
     gone = weakref.ref(engine)
     del engine
     gc.collect()
-    if gone() is None:
-        assert len(memory) == 0
+    assert gone() is None  # the cache does not keep the Engine alive...
+    assert len(memory) == 0  # ...and its modules went with it
 
 
 # -- locks that stay locks -------------------------------------------------------------------
