@@ -7,11 +7,16 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import wasmtime
 
+import wasmcache as wc
+from wasmcache import synth
 from wasmcache.cli import parse_size
+from wasmcache.options import engine_from_options
 
 HELLO_WAT = """
 (module
@@ -203,3 +208,70 @@ def test_verbose_shows_traceback(env):
 )
 def test_parse_size(text, size):
     assert parse_size(text) == size
+
+
+# -- one engine, honest output ------------------------------------------------------------------
+
+
+def test_compile_fills_what_the_librarys_default_engine_loads(hello, env, tmp_path):
+    wasmcache("compile", hello, env=env, check_code=0)
+    cache = wc.FileSystemCache(env["WASMCACHE_DIR"])
+    engine = wasmtime.Engine()
+    assert cache.contains(wc.ModuleHash.sha256(hello.read_bytes()), engine)
+    assert "1 entry (" in wasmcache("stats", env=env, check_code=0).stdout
+
+
+def test_engine_options_match_the_library(hello, env):
+    wasmcache("compile", "-O", "opt-level=0", "-W", "simd=y", hello, env=env, check_code=0)
+    engine = engine_from_options(["opt-level=0"], ["simd=y"])
+    key = wc.ModuleHash.sha256(hello.read_bytes())
+    assert wc.FileSystemCache(env["WASMCACHE_DIR"]).contains(key, engine)
+    assert not wc.FileSystemCache(env["WASMCACHE_DIR"]).contains(key, wasmtime.Engine())
+    bad = wasmcache("compile", "-W", "no-such-feature=y", hello, env=env, check_code=2)
+    assert "unknown -W option" in bad.stderr
+    with pytest.raises(ValueError, match="opt-level"):
+        engine_from_options(["speed=9"])
+
+
+def test_version_and_bare_command(env):
+    version = wasmcache("--version", env=env, check_code=0).stdout
+    assert version.startswith("wasmcache ") and "wasmtime " in version
+    bare = wasmcache(env=env, check_code=0).stdout
+    for command in ("run", "compile", "ls", "stats", "verify", "prune", "clear", "keygen"):
+        assert command in bare
+
+
+def test_ls_has_a_header(hello, env):
+    wasmcache("compile", hello, env=env, check_code=0)
+    lines = wasmcache("ls", env=env, check_code=0).stdout.splitlines()
+    assert lines[0].split() == ["KEY", "SIZE", "LAST", "USED", "ENGINE"] and len(lines) == 2
+
+
+def test_compile_says_when_nothing_was_cached(hello, tmp_path):
+    cache_dir = tmp_path / "shared"
+    cache_dir.mkdir()
+    cache_dir.chmod(0o777)  # refused: others could write it
+    env = {**os.environ, "WASMCACHE_DIR": str(cache_dir)}
+    done = wasmcache("compile", hello, env=env, check_code=1)
+    assert "NOT cached" in done.stderr and "chmod 700" in done.stderr
+
+
+def test_ctrl_c_during_a_compile_exits_130_at_once(tmp_path, env):
+    slow = tmp_path / "slow.wasm"
+    slow.write_bytes(synth.data_module(1 << 20, functions=30000, seed=13))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wasmcache", "compile", str(slow)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    line = proc.stderr.readline()  # said once the compile has run a second
+    assert "compiling slow.wasm" in line and "this can take a while" in line
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGINT)
+    start = time.monotonic()
+    assert proc.wait(timeout=20) == 130
+    assert time.monotonic() - start < 2
+    cache_dir = Path(env["WASMCACHE_DIR"])
+    assert not list(cache_dir.glob("*/*.bin"))  # nothing half-written is visible

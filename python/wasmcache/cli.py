@@ -13,21 +13,25 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, TypeVar, Union
 
 import wasmtime
 
-from wasmcache import synth
+from wasmcache import direct, synth
 from wasmcache.base import ModuleCache
 from wasmcache.config import default_cache_dir
 from wasmcache.engine import engine_id
 from wasmcache.errors import CacheError
 from wasmcache.filesystem import FileSystemCache
 from wasmcache.hashing import ModuleHash
+from wasmcache.options import engine_from_options
 from wasmcache.progress import elapsed
 
 _SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(?:i?B)?\s*", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+T = TypeVar("T")
 
 
 class UsageError(Exception):
@@ -42,6 +46,10 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
 
 
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
 def human(size: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if size < 1024 or unit == "GiB":
@@ -50,21 +58,56 @@ def human(size: float) -> str:
     return f"{size:.1f} GiB"  # pragma: no cover
 
 
-def cli_engine() -> wasmtime.Engine:
-    """The engine of every command: epoch interruption on, so Ctrl-C can stop `run`
-    (and so `compile` fills the cache with what `run` loads)."""
-    config = wasmtime.Config()
-    config.epoch_interruption = True
-    return wasmtime.Engine(config)
+def cli_engine(args: Optional[argparse.Namespace] = None) -> wasmtime.Engine:
+    """The engine of the commands: the library's default ``wasmtime.Engine()``, or the one
+    of the ``-O``/``-W`` options (as :func:`wasmcache.options.engine_from_options` builds
+    it), so ``wasmcache compile`` fills exactly what a program's ``load_or_compile`` reads."""
+    optimize = getattr(args, "optimize", None) or []
+    wasm = getattr(args, "wasm", None) or []
+    try:
+        return engine_from_options(optimize, wasm)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def interruptible(work: Callable[[], T]) -> T:
+    """Run ``work`` in a thread; Ctrl-C ends the process at once with exit code 130
+    (a compile or a guest cannot be stopped from Python; a save in progress leaves only a
+    temp file, which cleanup removes)."""
+    outcome: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=call, name="wasmcache-work", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.05)
+    except KeyboardInterrupt:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    if "error" in outcome:
+        raise outcome["error"]
+    value: T = outcome["value"]
+    return value
 
 
 def _compile(cache: Optional[ModuleCache], engine: wasmtime.Engine, path: str) -> wasmtime.Module:
-    """The module at ``path``: from the cache, or compiled (and cached) with a live
-    elapsed-time indicator when that takes a while."""
-    with elapsed(f"compiling {os.path.basename(path)}"):
+    """The module at ``path``: from the cache, or compiled (and cached), saying so on stderr
+    when that takes a while; Ctrl-C ends the process at once."""
+    try:
+        size = human(os.stat(path).st_size)
+    except OSError:
+        size = "?"
+    with elapsed(f"compiling {os.path.basename(path)} ({size})"):
         if cache is None:
-            return wasmtime.Module(engine, Path(path).read_bytes())
-        return cache.load_or_compile(engine, path)
+            return interruptible(lambda: wasmtime.Module(engine, Path(path).read_bytes()))
+        return interruptible(lambda: cache.load_or_compile(engine, path))
 
 
 # -- the fleet tier and its keys ------------------------------------------------------------
@@ -124,7 +167,7 @@ def cmd_keygen(args: argparse.Namespace, cache: FileSystemCache) -> int:
 
 
 def cmd_run(args: argparse.Namespace, cache: FileSystemCache) -> int:
-    engine = cli_engine()
+    engine = cli_engine(args)
     module = _compile(None if args.no_cache else runtime_cache(args, cache), engine, args.file)
     linker = wasmtime.Linker(engine)
     linker.define_wasi()
@@ -137,49 +180,39 @@ def cmd_run(args: argparse.Namespace, cache: FileSystemCache) -> int:
     wasi.inherit_env()
     wasi.preopen_dir(".", ".")
     store.set_wasi(wasi)
-    store.set_epoch_deadline(1)
     instance = linker.instantiate(store, module)
     start = instance.exports(store).get("_start")
     if not isinstance(start, wasmtime.Func):
         raise UsageError(f"{args.file} is not a WASI command (no _start export)")
 
-    outcome: dict[str, object] = {}
-    interrupted = threading.Event()
-
-    def call() -> None:
+    def call() -> int:
         try:
             start(store)
-            outcome["code"] = 0
         except wasmtime.ExitTrap as exc:
-            outcome["code"] = exc.code
-        except BaseException as exc:
-            outcome["error"] = exc
+            return exc.code
+        return 0
 
-    worker = threading.Thread(target=call, name="wasm", daemon=True)
-    worker.start()
-    while worker.is_alive():
-        try:
-            worker.join(0.05)
-        except KeyboardInterrupt:
-            interrupted.set()
-            engine.increment_epoch()  # traps the guest at its next epoch check
-    if interrupted.is_set():
-        return 130
-    if "error" in outcome:
-        raise outcome["error"]  # type: ignore[misc]
-    code = outcome["code"]
-    assert isinstance(code, int)
-    return code
+    return interruptible(call)
 
 
 def cmd_compile(args: argparse.Namespace, cache: FileSystemCache) -> int:
-    engine = cli_engine()
+    engine = cli_engine(args)
     stack = runtime_cache(args, cache)
+    failed = 0
     for path in args.files:
         start = time.perf_counter()
         _compile(stack, engine, path)
+        key, _ = direct.key_of_file(path, "sha256", None)
+        try:
+            cached = cache.contains(key, engine)
+        except CacheError:
+            cached = False  # the warning above says why
+        if not cached:
+            print(f"{path}: compiled but NOT cached (see the warning above)", file=sys.stderr)
+            failed += 1
+            continue
         print(f"{path}: cached ({time.perf_counter() - start:.2f} s)")
-    return 0
+    return 1 if failed else 0
 
 
 def _entry_rows(cache: FileSystemCache) -> list[dict[str, Any]]:
@@ -200,9 +233,11 @@ def cmd_ls(args: argparse.Namespace, cache: FileSystemCache) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
+    if rows:
+        print(f"{'KEY':<64}  {'SIZE':>10}  {'LAST USED':<16}  ENGINE")
     for row in rows:
         used = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["last_used"]))
-        print(f"{row['key']:<64}  {human(row['bytes']):>10}  {used}  {row['engine']}")
+        print(f"{row['key']:<64}  {human(row['bytes']):>10}  {used:<16}  {row['engine']}")
     return 0
 
 
@@ -215,7 +250,7 @@ def cmd_stats(args: argparse.Namespace, cache: FileSystemCache) -> int:
         folder["bytes"] += row["bytes"]
     stats = {
         "cache_dir": str(cache.cache_dir),
-        "engine_id": engine_id(cli_engine()),
+        "engine_id": engine_id(cli_engine(args)),
         "entries": len(rows),
         "bytes": sum(r["bytes"] for r in rows),
         "engine_folders": folders,
@@ -226,9 +261,11 @@ def cmd_stats(args: argparse.Namespace, cache: FileSystemCache) -> int:
         print(json.dumps(stats, indent=2))
         return 0
     print(f"cache folder: {stats['cache_dir']}")
-    print(f"entries:      {stats['entries']} ({human(stats['bytes'])})")
+    print(f"entries:      {_count(stats['entries'], 'entry', 'entries')} ({human(stats['bytes'])})")
     for name, folder in sorted(folders.items()):
-        print(f"  {name}: {folder['entries']} entries, {human(folder['bytes'])}")
+        print(
+            f"  {name}: {_count(folder['entries'], 'entry', 'entries')}, {human(folder['bytes'])}"
+        )
     return 0
 
 
@@ -298,6 +335,27 @@ def cmd_demo(args: argparse.Namespace, cache: FileSystemCache) -> int:
 # -- parsing and dispatch ------------------------------------------------------------------------
 
 
+def _versions() -> str:
+    import importlib.metadata
+
+    return (
+        f"wasmcache {importlib.metadata.version('wasmcache')} "
+        f"(wasmtime {importlib.metadata.version('wasmtime')})"
+    )
+
+
+def _engine_options(parser: argparse.ArgumentParser) -> None:
+    """wasmtime CLI's engine options, with their names (see wasmcache.options)."""
+    parser.add_argument(
+        "-O", dest="optimize", action="append", metavar="opt-level=N",
+        help="optimization: opt-level=0|1|2|s (as wasmtime run -O)",
+    )  # fmt: skip
+    parser.add_argument(
+        "-W", dest="wasm", action="append", metavar="NAME[=y|n]",
+        help="wasm features and limits, e.g. simd=n, max-wasm-stack=N (as wasmtime run -W)",
+    )  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wasmcache", description="Cache of compiled WebAssembly modules for wasmtime."
@@ -306,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache-dir", help="cache folder (default: $WASMCACHE_DIR or the user cache folder)"
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logs, tracebacks")
+    parser.add_argument("--version", action="version", version=_versions())
     fleet = parser.add_argument_group("shared bucket (run and compile)")
     fleet.add_argument(
         "--remote", metavar="s3://BUCKET/PREFIX", help="also use this bucket ($WASMCACHE_REMOTE)"
@@ -323,15 +382,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="load only objects signed by this public key file (repeatable; "
         "$WASMCACHE_TRUSTED_KEYS: paths separated by ':', or PEM)",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a WASI command module, compiled code from the cache")
+    _engine_options(run)
     run.add_argument("--no-cache", action="store_true", help="compile without the cache")
     run.add_argument("file", help="the .wasm file")
     run.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the program")
     run.set_defaults(handler=cmd_run)
 
     comp = sub.add_parser("compile", help="compile modules into the cache ahead of time")
+    _engine_options(comp)
     comp.add_argument("files", nargs="+", metavar="FILE.wasm")
     comp.set_defaults(handler=cmd_compile)
 
@@ -371,6 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None:  # bare `wasmcache`: say what it can do
+        parser.print_help()
+        return 0
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="wasmcache: %(levelname)s: %(message)s",

@@ -1,4 +1,5 @@
-"""A live elapsed-time indicator on stderr for slow steps (a terminal only)."""
+"""What a slow step says on stderr: a live timer on a terminal, one line elsewhere (a CI
+log), so a long compile never looks hung."""
 
 from __future__ import annotations
 
@@ -13,9 +14,23 @@ from typing import TextIO
 @contextlib.contextmanager
 def elapsed(label: str, *, stream: TextIO = sys.stderr, after: float = 1.0) -> Iterator[None]:
     """Show ``label... N.N s`` on ``stream`` while the block runs longer than ``after``
-    seconds; nothing at all when ``stream`` is not a terminal."""
+    seconds; when ``stream`` is not a terminal, one line ``label, this can take a while``
+    once it has run that long."""
     if not stream.isatty():
-        yield
+        finished = threading.Event()
+
+        def say_once() -> None:
+            if not finished.wait(after):
+                stream.write(f"{label}, this can take a while\n")
+                stream.flush()
+
+        notice = threading.Thread(target=say_once, daemon=True)
+        notice.start()
+        try:
+            yield
+        finally:
+            finished.set()
+            notice.join()
         return
     done = threading.Event()
     start = time.monotonic()
