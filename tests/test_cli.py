@@ -275,3 +275,144 @@ def test_ctrl_c_during_a_compile_exits_130_at_once(tmp_path, env):
     assert time.monotonic() - start < 2
     cache_dir = Path(env["WASMCACHE_DIR"])
     assert not list(cache_dir.glob("*/*.bin"))  # nothing half-written is visible
+
+
+# -- `run` takes wasmtime run's flags ------------------------------------------------------------
+
+_WASI_PRELUDE = """
+  (import "wasi_snapshot_preview1" "fd_write"
+    (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_prestat_get"
+    (func $prestat_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_prestat_dir_name"
+    (func $prestat_name (param i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "environ_sizes_get"
+    (func $environ_sizes (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "environ_get" (func $environ_get (param i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  ;; print len bytes at ptr, then a newline
+  (func $print (param $ptr i32) (param $len i32)
+    (i32.store (i32.const 0) (local.get $ptr))
+    (i32.store (i32.const 4) (local.get $len))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (i32.store8 (i32.const 16) (i32.const 10))
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 1))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))))
+"""
+
+# Prints the guest name of preopened fd 3 (or "none"), then the environment as one blob.
+PROBE_WAT = (
+    "(module"
+    + _WASI_PRELUDE
+    + """
+  (data (i32.const 32) "none")
+  (func (export "_start")
+    (if (i32.eqz (call $prestat_get (i32.const 3) (i32.const 64)))
+      (then
+        (drop (call $prestat_name (i32.const 3) (i32.const 128) (i32.load (i32.const 68))))
+        (call $print (i32.const 128) (i32.load (i32.const 68))))
+      (else (call $print (i32.const 32) (i32.const 4))))
+    (drop (call $environ_sizes (i32.const 72) (i32.const 76)))
+    (drop (call $environ_get (i32.const 1024) (i32.const 4096)))
+    (call $print (i32.const 4096) (i32.load (i32.const 76)))))
+"""
+)
+
+REACTOR_WAT = """
+(module
+  (global $base (mut i32) (i32.const 0))
+  (func (export "_initialize") (global.set $base (i32.const 100)))
+  (func (export "add") (param i32 i32) (result i32)
+    (i32.add (global.get $base) (i32.add (local.get 0) (local.get 1))))
+  (func (export "half") (param f64) (result f64) (f64.mul (local.get 0) (f64.const 0.5))))
+"""
+
+TRAP_WAT = """
+(module
+  (func $inner unreachable)
+  (func (export "_start") (call $inner)))
+"""
+
+UNKNOWN_IMPORT_WAT = """
+(module
+  (import "host" "call" (func $call (param i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (func (export "_start") (call $exit (i32.const 3)))
+  (func (export "uses_it") (drop (call $call (i32.const 1)))))
+"""
+
+
+def _write(tmp_path, name, wat):
+    path = tmp_path / name
+    path.write_bytes(wasmtime.wat2wasm(wat))
+    return path
+
+
+def test_run_preopens_and_inherits_nothing_by_default(tmp_path, env):
+    probe = _write(tmp_path, "probe.wasm", PROBE_WAT)
+    out = wasmcache("run", probe, env={**env, "HOST_SECRET": "x"}, check_code=0).stdout
+    lines = out.split("\n")
+    assert lines[0] == "none" and "HOST_SECRET" not in out
+
+
+def test_run_dir_maps_a_host_folder_at_a_guest_path(tmp_path, env):
+    probe = _write(tmp_path, "probe.wasm", PROBE_WAT)
+    share = tmp_path / "share"
+    share.mkdir()
+    out = wasmcache("run", "--dir", f"{share}::/share", probe, env=env, check_code=0).stdout
+    assert out.split("\n")[0] == "/share"
+    out = wasmcache("run", "--dir", str(share), probe, env=env, check_code=0).stdout
+    assert out.split("\n")[0] == str(share)
+    bad = wasmcache("run", "--dir", str(tmp_path / "missing"), probe, env=env, check_code=2)
+    assert "is not a folder" in bad.stderr
+
+
+def test_run_env_and_inherit_env(tmp_path, env):
+    probe = _write(tmp_path, "probe.wasm", PROBE_WAT)
+    host = {**env, "FROM_HOST": "h"}
+    out = wasmcache(
+        "run", "--env", "GREETING=hi", "--env", "FROM_HOST", probe, env=host, check_code=0
+    ).stdout
+    assert "GREETING=hi" in out and "FROM_HOST=h" in out and "PATH=" not in out
+    out = wasmcache("run", "-S", "inherit-env", probe, env=host, check_code=0).stdout
+    assert "FROM_HOST=h" in out and "PATH=" in out
+
+
+def test_run_invoke_calls_initialize_then_prints_results(tmp_path, env):
+    reactor = _write(tmp_path, "reactor.wasm", REACTOR_WAT)
+    assert wasmcache("run", "--invoke", "add", reactor, "2", "3", env=env, check_code=0).stdout == (
+        "105\n"
+    )
+    assert wasmcache("run", "--invoke", "half", reactor, "5", env=env, check_code=0).stdout == (
+        "2.5\n"
+    )
+    bad = wasmcache("run", "--invoke", "add", reactor, "2", env=env, check_code=2)
+    assert "takes 2 arguments" in bad.stderr
+
+
+def test_run_a_trap_prints_one_block_and_exits_134(tmp_path, env):
+    trapping = _write(tmp_path, "trap.wasm", TRAP_WAT)
+    done = wasmcache("run", trapping, env=env, check_code=134)
+    assert "unreachable" in done.stderr and "Traceback" not in done.stderr
+    assert "failed to run" in done.stderr
+
+
+def test_run_unknown_imports(tmp_path, env):
+    module = _write(tmp_path, "imports.wasm", UNKNOWN_IMPORT_WAT)
+    refused = wasmcache("run", module, env=env, check_code=1)
+    assert "host" in refused.stderr and "Traceback" not in refused.stderr
+    wasmcache("run", "-W", "unknown-imports-trap=y", module, env=env, check_code=3)
+    wasmcache("run", "-W", "unknown-imports-default=y", module, env=env, check_code=3)
+    called = wasmcache(
+        "run", "-W", "unknown-imports-trap=y", "--invoke", "uses_it", module, env=env
+    )
+    assert called.returncode == 134
+
+
+def test_run_wat_text_and_argv0(tmp_path, env):
+    text = tmp_path / "exit.wat"
+    text.write_text(HELLO_WAT)
+    done = wasmcache("run", "--argv0", "hello", text, "a", env=env, check_code=42)
+    assert "hello from wasm" in done.stdout

@@ -166,31 +166,128 @@ def cmd_keygen(args: argparse.Namespace, cache: FileSystemCache) -> int:
 # -- commands ------------------------------------------------------------------------
 
 
+#: -W options of `run` itself (wasmtime's names); every other -W configures the engine.
+RUN_OPTIONS = ("unknown-imports-trap", "unknown-imports-default")
+#: wasmtime run's exit code for a trap (128 + SIGABRT).
+TRAP_EXIT = 134
+
+
+def _split_run_options(args: argparse.Namespace) -> set[str]:
+    """Take run's own -W options out of args.wasm; return the ones turned on."""
+    engine_options, run_options = [], set()
+    for option in args.wasm or []:
+        name, _, value = option.partition("=")
+        if name in RUN_OPTIONS:
+            if value.lower() in ("", "y", "yes", "true"):
+                run_options.add(name)
+        else:
+            engine_options.append(option)
+    args.wasm = engine_options
+    return run_options
+
+
+def _guest_env(args: argparse.Namespace) -> list[list[str]]:
+    """wasmtime run's rule: nothing from the host unless asked (-S inherit-env, --env)."""
+    env: dict[str, str] = {}
+    if "inherit-env" in (args.wasi or []) or "inherit-env=y" in (args.wasi or []):
+        env.update(os.environ)
+    for item in args.env or []:
+        name, sep, value = item.partition("=")
+        if not name:
+            raise UsageError(f"--env takes NAME[=VALUE], not {item!r}")
+        if sep:
+            env[name] = value
+        elif name in os.environ:
+            env[name] = os.environ[name]
+    return [[k, v] for k, v in env.items()]
+
+
+def _typed(value: str, kind: wasmtime.ValType) -> object:
+    text = str(kind)
+    try:
+        if text in ("i32", "i64"):
+            return int(value, 0)
+        if text in ("f32", "f64"):
+            return float(value)
+    except ValueError:
+        raise UsageError(f"not a {text}: {value!r}") from None
+    raise UsageError(f"--invoke cannot pass a {text} from the command line")
+
+
 def cmd_run(args: argparse.Namespace, cache: FileSystemCache) -> int:
+    run_options = _split_run_options(args)
     engine = cli_engine(args)
-    module = _compile(None if args.no_cache else runtime_cache(args, cache), engine, args.file)
+    source = args.file
+    stack = None if args.no_cache else runtime_cache(args, cache)
+    if source.endswith(".wat"):
+        try:
+            wasm = bytes(wasmtime.wat2wasm(Path(source).read_text()))
+        except OSError as exc:
+            raise UsageError(f"cannot read {source}: {exc.strerror}") from exc
+        module = interruptible(
+            lambda: (
+                wasmtime.Module(engine, wasm)
+                if stack is None
+                else stack.load_or_compile(engine, wasm)
+            )
+        )
+    else:
+        module = _compile(stack, engine, source)
     linker = wasmtime.Linker(engine)
     linker.define_wasi()
     store = wasmtime.Store(engine)
     wasi = wasmtime.WasiConfig()
-    wasi.argv = [os.path.basename(args.file), *args.args]
+    wasi.argv = [args.argv0 or os.path.basename(source), *args.args]
     wasi.inherit_stdin()
     wasi.inherit_stdout()
     wasi.inherit_stderr()
-    wasi.inherit_env()
-    wasi.preopen_dir(".", ".")
+    wasi.env = _guest_env(args)
+    for spec in args.dir or []:
+        host, _, guest = spec.partition("::")
+        if not os.path.isdir(host):
+            raise UsageError(f"--dir {spec}: {host} is not a folder")
+        wasi.preopen_dir(host, guest or host)
     store.set_wasi(wasi)
+    if "unknown-imports-trap" in run_options:
+        linker.define_unknown_imports_as_traps(module)
+    if "unknown-imports-default" in run_options:
+        linker.define_unknown_imports_as_default_values(store, module)
     instance = linker.instantiate(store, module)
-    start = instance.exports(store).get("_start")
-    if not isinstance(start, wasmtime.Func):
-        raise UsageError(f"{args.file} is not a WASI command (no _start export)")
+    exports = instance.exports(store)
 
     def call() -> int:
         try:
-            start(store)
+            if args.invoke is None:
+                start = exports.get("_start")
+                if not isinstance(start, wasmtime.Func):
+                    raise UsageError(f"{source} is not a WASI command (no _start export)")
+                start(store)
+                return 0
+            initialize = exports.get("_initialize")
+            if isinstance(initialize, wasmtime.Func):
+                initialize(store)
+            func = exports.get(args.invoke)
+            if not isinstance(func, wasmtime.Func):
+                raise UsageError(f"{source} exports no function {args.invoke!r}")
+            params = func.type(store).params
+            if len(params) != len(args.args):
+                raise UsageError(
+                    f"{args.invoke} takes {len(params)} arguments, {len(args.args)} given"
+                )
+            result = func(store, *(_typed(v, t) for v, t in zip(args.args, params)))
+            for value in result if isinstance(result, list) else [result]:
+                if value is not None:
+                    print(value)
+            return 0
         except wasmtime.ExitTrap as exc:
             return exc.code
-        return 0
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+            # A trap (or a trapping host stub): the message and the wasm backtrace, as one
+            # block, and wasmtime run's exit code.
+            message = exc.message if isinstance(exc, wasmtime.Trap) else str(exc)
+            sys.stdout.flush()
+            print(f"wasmcache: error: failed to run {source}\n{message}", file=sys.stderr)
+            return TRAP_EXIT
 
     return interruptible(call)
 
@@ -384,10 +481,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run a WASI command module, compiled code from the cache")
+    run = sub.add_parser(
+        "run", help="run a WASI program as `wasmtime run` does, compiled code from the cache"
+    )
     _engine_options(run)
     run.add_argument("--no-cache", action="store_true", help="compile without the cache")
-    run.add_argument("file", help="the .wasm file")
+    run.add_argument(
+        "--dir", action="append", metavar="HOST[::GUEST]",
+        help="give the guest this host folder, at GUEST (default: the same path); repeatable",
+    )  # fmt: skip
+    run.add_argument(
+        "--env", action="append", metavar="NAME[=VALUE]",
+        help="set a guest environment variable (without VALUE: the host's); repeatable",
+    )  # fmt: skip
+    run.add_argument(
+        "-S", dest="wasi", action="append", metavar="inherit-env",
+        help="WASI options: inherit-env passes the whole host environment",
+    )  # fmt: skip
+    run.add_argument("--invoke", metavar="NAME", help="call this export with ARGS, print results")
+    run.add_argument("--argv0", help="the program name the guest sees")
+    run.add_argument("file", help="the .wasm (or .wat) file")
     run.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the program")
     run.set_defaults(handler=cmd_run)
 
