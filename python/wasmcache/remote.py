@@ -163,9 +163,18 @@ class ObjectStoreCache(ModuleCache):
                 "max_retries": max_retries,
                 "retry_timeout": datetime.timedelta(seconds=max(timeout, 1.0)),
             }
-            store = obstore.store.S3Store(
-                bucket, config=config, client_options=client, retry_config=retry
-            )
+            try:
+                store = obstore.store.S3Store(
+                    bucket, config=config, client_options=client, retry_config=retry
+                )
+            except ValueError:
+                # obstore before 0.9 (the last for Python 3.9) has no read_timeout: bound
+                # each request at ten times the stall timeout instead.
+                del client["read_timeout"]
+                client["timeout"] = datetime.timedelta(seconds=10 * timeout)
+                store = obstore.store.S3Store(
+                    bucket, config=config, client_options=client, retry_config=retry
+                )
             # Uploads: one request per part of at most PART_SIZE, so a bound per request
             # also bounds a stalled upload.
             upload_client = {**client, "timeout": datetime.timedelta(seconds=4 * timeout)}
