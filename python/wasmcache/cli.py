@@ -248,10 +248,15 @@ def cmd_run(args: argparse.Namespace, cache: FileSystemCache) -> int:
             raise UsageError(f"--dir {spec}: {host} is not a folder")
         wasi.preopen_dir(host, guest or host)
     store.set_wasi(wasi)
-    if "unknown-imports-trap" in run_options:
-        linker.define_unknown_imports_as_traps(module)
-    if "unknown-imports-default" in run_options:
-        linker.define_unknown_imports_as_default_values(store, module)
+    for option, method in (
+        ("unknown-imports-trap", "define_unknown_imports_as_traps"),
+        ("unknown-imports-default", "define_unknown_imports_as_default_values"),
+    ):
+        if option in run_options:
+            define = getattr(linker, method, None)
+            if define is None:
+                raise UsageError(f"-W {option} needs a newer wasmtime than this one")
+            define(module) if option == "unknown-imports-trap" else define(store, module)
     instance = linker.instantiate(store, module)
     exports = instance.exports(store)
 
