@@ -221,6 +221,8 @@ class FileSystemCache(maintenance.Housekeeping, ModuleCache):
         return path
 
     def _direct_index(self) -> Optional[str]:
+        if self._dir in self._private:
+            return self._dir  # checked before (a hit's path needs no lstat more)
         try:
             safefs.check_folder(self._dir, shared_group=self.shared_group)
         except UnsafeCacheError:

@@ -62,34 +62,34 @@ def _pem(value: _PemSource, what: str) -> bytes:
         raise ValueError(f"cannot read the {what} PEM file {path}: {exc.strerror}") from exc
 
 
+def _load_key(value: object, private: bool) -> Any:
+    """An Ed25519 key object given as itself, PEM bytes or a PEM file's path."""
+    serialization, ed25519 = _crypto()
+    wanted = ed25519.Ed25519PrivateKey if private else ed25519.Ed25519PublicKey
+    what = "signing key" if private else "trusted key"
+    if isinstance(value, wanted):
+        return value
+    pem = _pem(cast(_PemSource, value), what)
+    try:
+        if private:
+            key = serialization.load_pem_private_key(pem, password=None)
+        else:
+            key = serialization.load_pem_public_key(pem)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"the {what} is not an unencrypted PEM key: {exc}") from exc
+    if not isinstance(key, wanted):
+        raise ValueError(f"the {what} must be Ed25519, not {type(key).__name__}")
+    return key
+
+
 def load_private_key(value: PrivateKeyLike) -> Ed25519PrivateKey:
     """An Ed25519 private key from a key object, PEM bytes or a PEM file's path."""
-    serialization, ed25519 = _crypto()
-    if isinstance(value, ed25519.Ed25519PrivateKey):
-        return cast("Ed25519PrivateKey", value)
-    try:
-        key = serialization.load_pem_private_key(
-            _pem(cast(_PemSource, value), "signing key"), password=None
-        )
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"not an unencrypted PEM private key: {exc}") from exc
-    if not isinstance(key, ed25519.Ed25519PrivateKey):
-        raise ValueError(f"the signing key must be Ed25519, not {type(key).__name__}")
-    return cast("Ed25519PrivateKey", key)
+    return cast("Ed25519PrivateKey", _load_key(value, private=True))
 
 
 def load_public_key(value: PublicKeyLike) -> Ed25519PublicKey:
     """An Ed25519 public key from a key object, PEM bytes or a PEM file's path."""
-    serialization, ed25519 = _crypto()
-    if isinstance(value, ed25519.Ed25519PublicKey):
-        return cast("Ed25519PublicKey", value)
-    try:
-        key = serialization.load_pem_public_key(_pem(cast(_PemSource, value), "trusted key"))
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"not a PEM public key: {exc}") from exc
-    if not isinstance(key, ed25519.Ed25519PublicKey):
-        raise ValueError(f"trusted keys must be Ed25519, not {type(key).__name__}")
-    return cast("Ed25519PublicKey", key)
+    return cast("Ed25519PublicKey", _load_key(value, private=False))
 
 
 def key_id(public: Ed25519PublicKey) -> str:

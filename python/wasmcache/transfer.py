@@ -220,9 +220,14 @@ class Download:
                 if total > manifest.length:
                     raise DeserializeError(f"{self._name} decompresses past its length")
                 # hash everything but the (so far) last TRAILER_SIZE bytes
-                joined = tail + out
-                hasher.update(joined[:-TRAILER_SIZE] if len(joined) > TRAILER_SIZE else b"")
-                tail = joined[-TRAILER_SIZE:]
+                if len(out) >= TRAILER_SIZE:  # what was held back is payload after all
+                    hasher.update(tail)
+                    hasher.update(memoryview(out)[:-TRAILER_SIZE])
+                    tail = out[-TRAILER_SIZE:]
+                else:
+                    joined = tail + out
+                    hasher.update(joined[:-TRAILER_SIZE])
+                    tail = joined[-TRAILER_SIZE:]
                 yield out
         except _zstd().ZstdError as exc:
             raise DeserializeError(f"{self._name} is not a valid zstd stream: {exc}") from None
