@@ -398,3 +398,24 @@ def race(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+# -- entries -------------------------------------------------------------------------------
+
+
+def split_entry(data: bytes) -> tuple[bytes, dict[str, object]]:
+    """The artifact and the metadata of an entry in today's format (checking its trailer
+    and its metadata length field on the way)."""
+    import json
+    import struct
+
+    import xxhash
+
+    length, digest, magic = struct.unpack("<QQ8s", data[-24:])
+    assert magic == b"WMCACHE2" and length == len(data) - 24
+    assert digest == xxhash.xxh3_64_intdigest(data[:-24])
+    (meta_length,) = struct.unpack("<I", data[-28:-24])
+    meta = json.loads(data[-28 - meta_length : -28])
+    artifact = data[: -28 - meta_length]
+    assert meta["artifact_length"] == len(artifact)
+    return artifact, meta

@@ -173,12 +173,25 @@ def test_demo(env):
         (["run", "NOT_WASM"], 1),
     ],
 )
-def test_errors_are_one_line_without_traceback(args, code, env, tmp_path):
+def test_errors_name_the_file_and_each_cause_without_traceback(args, code, env, tmp_path):
     (tmp_path / "NOT_WASM").write_bytes(b"definitely not wasm")
     done = wasmcache(*args, env=env, cwd=tmp_path, check_code=code)
     lines = done.stderr.strip().splitlines()
-    assert lines[-1].startswith("wasmcache: error:")
+    first = next(i for i, line in enumerate(lines) if line.startswith("wasmcache: error:"))
+    assert all(line.startswith(("  caused by: ", "    ")) for line in lines[first + 1 :])
     assert "Traceback" not in done.stderr
+    if args[0] == "run":
+        assert args[1] in lines[first]
+
+
+def test_compile_error_gives_wasmtime_cause_chain(tmp_path, env):
+    bad = tmp_path / "bad.wasm"
+    bad.write_bytes(b"\0asm\x01\0\0\0\x01\xff")  # a type section cut short
+    done = wasmcache("compile", bad, env=env, check_code=1)
+    lines = done.stderr.strip().splitlines()
+    assert lines[0] == f"wasmcache: error: cannot compile {bad}"
+    assert lines[1] == "  caused by: failed to parse WebAssembly module"
+    assert len(lines) >= 3 and all(line.startswith("  caused by: ") for line in lines[1:])
 
 
 def test_run_a_module_without_start(tmp_path, env):

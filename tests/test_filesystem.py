@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,11 @@ import wasmtime
 
 import wasmcache as wc
 from conftest import call_add
+from support import split_entry
 from wasmcache import _image
 from wasmcache.elf import elf_length
-from wasmcache.entry import MAGIC, TRAILER_SIZE, checksum
+from wasmcache.entry import MAGIC_V1, TRAILER_SIZE, checksum
+from wasmcache.kinds import wasmtime_version
 
 
 def entry_files(folder: Path) -> list[Path]:
@@ -78,8 +81,8 @@ def test_lzw_compressed_module_loads_and_is_rewritten(cache, key, engine, add_mo
     artifact = bytes(add_module.serialize())
     path.write_bytes(wc.lzw.encode(artifact))
     assert call_add(engine, cache.load(key, engine)) == 5
-    rewritten = path.read_bytes()
-    assert rewritten == artifact + struct.pack("<QQ", len(artifact), checksum(artifact)) + MAGIC
+    rewritten, meta = split_entry(path.read_bytes())
+    assert rewritten == artifact and meta["kind"] == "module"
     assert call_add(engine, cache.load(key, engine)) == 5
 
 
@@ -97,12 +100,17 @@ def test_lzw_entry_from_weezl_vectors_format(cache, key, engine, add_module):
 
 
 def test_trailer_round_trip(cache, key, engine, add_module):
+    before = time.time()
     cache.save(key, engine, add_module)
     data = cache.path(key, engine).read_bytes()
     payload, trailer = data[:-TRAILER_SIZE], data[-TRAILER_SIZE:]
-    assert payload == bytes(add_module.serialize())
     length, digest, magic = struct.unpack("<QQ8s", trailer)
-    assert (length, digest, magic) == (len(payload), checksum(payload), b"WMCACHE1")
+    assert (length, digest, magic) == (len(payload), checksum(payload), b"WMCACHE2")
+    artifact, meta = split_entry(data)
+    assert artifact == bytes(add_module.serialize())
+    assert meta["kind"] == "module" and meta["wasmtime"] == wasmtime_version()
+    assert before <= meta["created"] <= time.time()
+    assert meta["artifact_checksum"] == f"{checksum(artifact):016x}"
     assert call_add(engine, cache.load(key, engine)) == 5
 
 
@@ -113,7 +121,7 @@ def test_reserialized_loaded_module_is_stripped(cache, key, engine, add_module):
     loaded = cache.load(key, engine)
     other = wc.FileSystemCache(cache.cache_dir / "other")
     other.save(key, engine, loaded)
-    assert other.path(key, engine).read_bytes() == first
+    assert split_entry(other.path(key, engine).read_bytes())[0] == split_entry(first)[0]
 
 
 @pytest.mark.skipif(not _image.zero_copy_available(), reason="no image-range binding")
@@ -126,7 +134,7 @@ def test_zero_copy_and_serialize_paths_write_identical_files(
     assert not _image.zero_copy_available()
     fallback = wc.FileSystemCache(cache.cache_dir / "fallback")
     fallback.save(key, engine, add_module)
-    assert fallback.path(key, engine).read_bytes() == zero_copy
+    assert split_entry(fallback.path(key, engine).read_bytes())[0] == split_entry(zero_copy)[0]
 
 
 def test_artifact_bytes_matches_serialize(add_module):
@@ -150,7 +158,7 @@ def test_key_must_be_module_hash(cache, engine):
 
 
 def _corruptions(artifact: bytes) -> dict[str, bytes]:
-    entry = artifact + struct.pack("<QQ", len(artifact), checksum(artifact)) + MAGIC
+    entry = artifact + struct.pack("<QQ", len(artifact), checksum(artifact)) + MAGIC_V1
     flipped = bytearray(entry)
     flipped[len(artifact) // 2] ^= 0x01
     wrong_sum = bytearray(entry)
@@ -332,7 +340,7 @@ def test_resave_keeps_identical_entry_and_replaces_others(cache, key, engine, ad
 
     other = wasmtime.Module(engine, wasmtime.wat2wasm('(module (func (export "g")))'))
     cache.save(key, engine, other)
-    assert path.read_bytes()[:-24] == bytes(other.serialize())
+    assert split_entry(path.read_bytes())[0] == bytes(other.serialize())
 
 
 # -- logging and async ------------------------------------------------------------------------
@@ -369,9 +377,9 @@ def test_async_does_not_block_event_loop(cache, key, engine, add_module, monkeyp
     loop_thread = []
     real_load = wc.FileSystemCache.load
 
-    def spy(self, *args):
+    def spy(self, *args, **kwargs):
         loop_thread.append(threading.current_thread())
-        return real_load(self, *args)
+        return real_load(self, *args, **kwargs)
 
     monkeypatch.setattr(wc.FileSystemCache, "load", spy)
     cache.save(key, engine, add_module)

@@ -22,10 +22,10 @@ from wasmcache import synth
 class Failing(wc.ModuleCache):
     """A cache whose every operation fails."""
 
-    def load(self, key, engine):
+    def load(self, key, engine, *, kind=None):
         raise wc.FileReadError("boom", "/nowhere")
 
-    def save(self, key, engine, module):
+    def save(self, key, engine, module, *, origin=None):
         raise wc.FileWriteError("boom", "/nowhere")
 
     def contains(self, key, engine):

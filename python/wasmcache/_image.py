@@ -1,8 +1,10 @@
-"""The bytes of a compiled module to store: straight from wasmtime's memory when possible.
+"""The bytes of a compiled module or component to store: a module's straight from
+wasmtime's memory when possible.
 
 wasmtime's C API exports ``wasmtime_module_image_range``: the module's in-memory image,
 byte for byte what ``Module.serialize()`` returns, but with no copy. wasmtime-py reaches it
 only through its private ``_bindings`` module, so ``Module.serialize()`` stays the fallback.
+Components have no such export: theirs is always ``serialize()``'s copy.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import wasmtime
 
 from wasmcache.elf import elf_length
 from wasmcache.errors import SerializeError
+from wasmcache.kinds import Compiled, of
 
 log = logging.getLogger("wasmcache")
 
@@ -51,20 +54,20 @@ def _image_view(module: wasmtime.Module) -> Optional[memoryview]:
     return memoryview((ctypes.c_ubyte * size).from_address(start.value)).cast("B")
 
 
-def artifact_bytes(module: wasmtime.Module, *, zero_copy: bool = True) -> memoryview:
-    """The module's artifact (an ELF image) cut to its ELF length, as a read-only view.
+def artifact_bytes(compiled: Compiled, *, zero_copy: bool = True) -> memoryview:
+    """The artifact (an ELF image) cut to its ELF length, as a read-only view.
 
-    With ``zero_copy`` the view points into wasmtime's own memory (keep ``module`` alive
-    while using it); otherwise, or when that is not possible, it is ``serialize()``'s copy.
+    With ``zero_copy`` a module's view points into wasmtime's own memory (keep ``compiled``
+    alive while using it); otherwise, or when that is not possible, it is
+    ``serialize()``'s copy.
     """
-    if not isinstance(module, wasmtime.Module):
-        raise TypeError(f"expected a wasmtime.Module, got {type(module).__name__}")
-    view = _image_view(module) if zero_copy else None
+    kind = of(compiled)
+    view = _image_view(compiled) if zero_copy and isinstance(compiled, wasmtime.Module) else None
     if view is None or elf_length(view) is None:
         try:
-            view = memoryview(module.serialize())
+            view = memoryview(compiled.serialize())
         except wasmtime.WasmtimeError as exc:
-            raise SerializeError(f"wasmtime could not serialize the module: {exc}") from exc
+            raise SerializeError(f"wasmtime could not serialize the {kind}: {exc}") from exc
     length = elf_length(view)
     if length is None:
         raise SerializeError("wasmtime's artifact is not a complete ELF image")

@@ -7,12 +7,14 @@ import contextlib
 import functools
 import logging
 import os
+import time
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union
 
 import wasmtime
 
-from wasmcache import direct, locks
+from wasmcache import direct, kinds, locks
 from wasmcache.engine import engine_id
+from wasmcache.entry import Origin
 from wasmcache.errors import (
     CacheError,
     DeserializeError,
@@ -21,6 +23,7 @@ from wasmcache.errors import (
     UnsafeEntryError,
 )
 from wasmcache.hashing import ModuleHash
+from wasmcache.kinds import Compiled, Kind
 
 if TYPE_CHECKING:
     from wasmcache.fallback import FallbackCache
@@ -48,19 +51,31 @@ def read_wasm(wasm: WasmSource) -> bytes:
 
 
 class ModuleCache(abc.ABC):
-    """A store of compiled modules keyed by (module hash, engine).
+    """A store of compiled modules and components keyed by (Wasm hash, engine).
 
     Subclasses implement :meth:`load`, :meth:`save` and :meth:`contains`; the ``a``-prefixed
     coroutines run them in a worker thread so an event loop never blocks on disk or wasmtime.
     """
 
     @abc.abstractmethod
-    def load(self, key: ModuleHash, engine: wasmtime.Engine) -> wasmtime.Module:
-        """The cached module; :class:`~wasmcache.NotFound` if there is none."""
+    def load(
+        self, key: ModuleHash, engine: wasmtime.Engine, *, kind: Optional[Kind] = None
+    ) -> Compiled:
+        """The cached ``wasmtime.Module`` or ``wasmtime.component.Component``;
+        :class:`~wasmcache.NotFound` if there is none, :class:`~wasmcache.KindMismatch` if
+        ``kind`` ("module" or "component") is given and the entry is of the other kind."""
 
     @abc.abstractmethod
-    def save(self, key: ModuleHash, engine: wasmtime.Engine, module: wasmtime.Module) -> None:
-        """Store ``module`` (compiled by ``engine``) under ``key``."""
+    def save(
+        self,
+        key: ModuleHash,
+        engine: wasmtime.Engine,
+        module: Compiled,
+        *,
+        origin: Optional[Origin] = None,
+    ) -> None:
+        """Store ``module`` (a module or component compiled by ``engine``) under ``key``;
+        ``origin`` describes it (source name, Wasm size, compile time) where kept."""
 
     @abc.abstractmethod
     def contains(self, key: ModuleHash, engine: wasmtime.Engine) -> bool:
@@ -80,9 +95,10 @@ class ModuleCache(abc.ABC):
 
     def load_or_compile(
         self, engine: wasmtime.Engine, wasm: WasmSource, *, key: Optional[ModuleHash] = None
-    ) -> wasmtime.Module:
-        """The cached module for ``wasm`` (bytes, or the path of a .wasm file), compiling
-        and saving it on a miss (or after a corrupt entry was removed).
+    ) -> Compiled:
+        """The compiled ``wasm`` (bytes, or the path of a .wasm file): a ``wasmtime.Module``,
+        or a ``wasmtime.component.Component`` when the binary is a component. Loaded from
+        the cache, or compiled and saved on a miss (or after a corrupt entry was removed).
 
         ``key`` defaults to the SHA-256 of the bytes; for a path it comes from the file's
         stamp when the cache has seen that file unchanged before (direct mode), so a hit
@@ -103,13 +119,16 @@ class ModuleCache(abc.ABC):
                 key = ModuleHash.sha256(data)
         if not isinstance(key, ModuleHash):
             raise TypeError(f"key must be a ModuleHash, not {type(key).__name__}")
-        module = self._try_load(key, engine)
+        # A key from a file's stamp is of bytes already read once: their kind is the entry's.
+        kind = kinds.of_wasm(data) if data is not None else None
+        module = self._try_load(key, engine, kind)
         if module is not None:
             return module
         if self._unusable is not None:
-            return wasmtime.Module(engine, data if data is not None else read_wasm(wasm))
+            data = data if data is not None else read_wasm(wasm)
+            return kinds.compile(engine, data, kinds.of_wasm(data))
         with self.compile_lock(key, engine):
-            module = self._try_load(key, engine)  # compiled by someone else meanwhile?
+            module = self._try_load(key, engine, kind)  # compiled by someone else meanwhile?
             if module is not None:
                 return module
             if data is None:
@@ -121,9 +140,15 @@ class ModuleCache(abc.ABC):
                 if actual != key:
                     log.debug("%s changed since its stamp was taken; key %s", path, actual)
                     key = actual
-            module = wasmtime.Module(engine, data)
+            start = time.perf_counter()
+            module = kinds.compile(engine, data, kinds.of_wasm(data))
+            origin = Origin(
+                os.path.basename(path) if path else None,
+                len(data),
+                round(time.perf_counter() - start, 3),
+            )
             try:
-                self.save(key, engine, module)
+                self.save(key, engine, module, origin=origin)
             except CacheError as exc:
                 log.warning("compiled %s but could not cache it: %s", key, exc)
             return module
@@ -136,13 +161,15 @@ class ModuleCache(abc.ABC):
         memory only."""
         return None
 
-    def _try_load(self, key: ModuleHash, engine: wasmtime.Engine) -> Optional[wasmtime.Module]:
+    def _try_load(
+        self, key: ModuleHash, engine: wasmtime.Engine, kind: Optional[Kind]
+    ) -> Optional[Compiled]:
         """The cached module, or None on a miss or when the cache cannot serve it (a
         removed corrupt entry, an unreadable file: logged, and the caller compiles)."""
         if self._unusable is not None:
             return None
         try:
-            return self.load(key, engine)
+            return self.load(key, engine, kind=kind)
         except (NotFound, DeserializeError):
             return None
         except UnsafeEntryError as exc:
@@ -162,18 +189,25 @@ class ModuleCache(abc.ABC):
 
         return FallbackCache(self, other)
 
-    async def aload(self, key: ModuleHash, engine: wasmtime.Engine) -> wasmtime.Module:
-        return await _in_thread(self.load, key, engine)
+    async def aload(
+        self, key: ModuleHash, engine: wasmtime.Engine, *, kind: Optional[Kind] = None
+    ) -> Compiled:
+        return await _in_thread(self.load, key, engine, kind=kind)
 
     async def asave(
-        self, key: ModuleHash, engine: wasmtime.Engine, module: wasmtime.Module
+        self,
+        key: ModuleHash,
+        engine: wasmtime.Engine,
+        module: Compiled,
+        *,
+        origin: Optional[Origin] = None,
     ) -> None:
-        await _in_thread(self.save, key, engine, module)
+        await _in_thread(self.save, key, engine, module, origin=origin)
 
     async def acontains(self, key: ModuleHash, engine: wasmtime.Engine) -> bool:
         return await _in_thread(self.contains, key, engine)
 
     async def aload_or_compile(
         self, engine: wasmtime.Engine, wasm: WasmSource, *, key: Optional[ModuleHash] = None
-    ) -> wasmtime.Module:
+    ) -> Compiled:
         return await _in_thread(self.load_or_compile, engine, wasm, key=key)

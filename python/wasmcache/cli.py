@@ -17,25 +17,23 @@ from typing import Any, Callable, Optional, TypeVar, Union
 
 import wasmtime
 
-from wasmcache import direct, synth
-from wasmcache.base import ModuleCache
+from wasmcache import direct, kinds, runner, synth
+from wasmcache.base import ModuleCache, read_wasm
 from wasmcache.config import default_cache_dir
 from wasmcache.engine import engine_id
 from wasmcache.errors import CacheError
 from wasmcache.filesystem import FileSystemCache
 from wasmcache.hashing import ModuleHash
+from wasmcache.kinds import Compiled
 from wasmcache.options import engine_from_options
 from wasmcache.progress import elapsed
+from wasmcache.runner import RUN_OPTIONS, Guest, UsageError, guest_env
 
 _SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(?:i?B)?\s*", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 T = TypeVar("T")
-
-
-class UsageError(Exception):
-    """A bad argument: reported with exit code 2."""
 
 
 def parse_size(text: str) -> int:
@@ -97,17 +95,62 @@ def interruptible(work: Callable[[], T]) -> T:
     return value
 
 
-def _compile(cache: Optional[ModuleCache], engine: wasmtime.Engine, path: str) -> wasmtime.Module:
-    """The module at ``path``: from the cache, or compiled (and cached), saying so on stderr
-    when that takes a while; Ctrl-C ends the process at once."""
+class Failed(Exception):
+    """A failure to report as ``what`` and the whole cause chain of ``cause``, exit 1."""
+
+    def __init__(self, what: str, cause: BaseException) -> None:
+        super().__init__(what)
+        self.what = what
+        self.cause = cause
+
+
+def cause_lines(exc: BaseException) -> list[str]:
+    """One line per cause: the exception's own message (wasmtime's "Caused by:" list split
+    into its items), then those of its ``__cause__`` chain."""
+    lines: list[str] = []
+    seen: set[int] = set()
+    current: Optional[BaseException] = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = str(current).strip() or type(current).__name__
+        if isinstance(current, OSError) and current.strerror and not current.__cause__:
+            text = current.strerror  # the path is named by the line above
+        head, _, causes = text.partition("\n\nCaused by:\n")
+        lines.append("\n".join(line.rstrip() for line in head.splitlines() if line.strip()))
+        for line in causes.splitlines():
+            item = re.sub(r"^\s*\d+:\s*", "", line).strip()
+            if item and item not in lines:
+                lines.append(item)
+        current = current.__cause__
+    return lines
+
+
+def _compile(
+    cache: Optional[ModuleCache],
+    engine: wasmtime.Engine,
+    path: str,
+    wasm: Optional[bytes] = None,
+) -> Compiled:
+    """The module or component at ``path`` (or ``wasm``, its bytes): from the cache, or
+    compiled (and cached), saying so on stderr when that takes a while; Ctrl-C ends the
+    process at once. Failed names the file and wasmtime's causes."""
     try:
-        size = human(os.stat(path).st_size)
-    except OSError:
-        size = "?"
-    with elapsed(f"compiling {os.path.basename(path)} ({size})"):
+        size = human(len(wasm) if wasm is not None else os.stat(path).st_size)
+    except OSError as exc:
+        raise Failed(f"cannot read {path}", exc) from exc
+    source: Union[bytes, str] = wasm if wasm is not None else path
+
+    def work() -> Compiled:
         if cache is None:
-            return interruptible(lambda: wasmtime.Module(engine, Path(path).read_bytes()))
-        return interruptible(lambda: cache.load_or_compile(engine, path))
+            data = wasm if wasm is not None else read_wasm(path)
+            return kinds.compile(engine, data, kinds.of_wasm(data))
+        return cache.load_or_compile(engine, source)
+
+    try:
+        with elapsed(f"compiling {os.path.basename(path)} ({size})"):
+            return interruptible(work)
+    except (wasmtime.WasmtimeError, CacheError) as exc:
+        raise Failed(f"cannot compile {path}", exc) from exc
 
 
 # -- the fleet tier and its keys ------------------------------------------------------------
@@ -166,12 +209,6 @@ def cmd_keygen(args: argparse.Namespace, cache: FileSystemCache) -> int:
 # -- commands ------------------------------------------------------------------------
 
 
-#: -W options of `run` itself (wasmtime's names); every other -W configures the engine.
-RUN_OPTIONS = ("unknown-imports-trap", "unknown-imports-default")
-#: wasmtime run's exit code for a trap (128 + SIGABRT).
-TRAP_EXIT = 134
-
-
 def _split_run_options(args: argparse.Namespace) -> set[str]:
     """Take run's own -W options out of args.wasm; return the ones turned on."""
     engine_options, run_options = [], set()
@@ -186,115 +223,36 @@ def _split_run_options(args: argparse.Namespace) -> set[str]:
     return run_options
 
 
-def _guest_env(args: argparse.Namespace) -> list[list[str]]:
-    """wasmtime run's rule: nothing from the host unless asked (-S inherit-env, --env)."""
-    env: dict[str, str] = {}
-    if "inherit-env" in (args.wasi or []) or "inherit-env=y" in (args.wasi or []):
-        env.update(os.environ)
-    for item in args.env or []:
-        name, sep, value = item.partition("=")
-        if not name:
-            raise UsageError(f"--env takes NAME[=VALUE], not {item!r}")
-        if sep:
-            env[name] = value
-        elif name in os.environ:
-            env[name] = os.environ[name]
-    return [[k, v] for k, v in env.items()]
-
-
-def _typed(value: str, kind: wasmtime.ValType) -> object:
-    text = str(kind)
-    try:
-        if text in ("i32", "i64"):
-            return int(value, 0)
-        if text in ("f32", "f64"):
-            return float(value)
-    except ValueError:
-        raise UsageError(f"not a {text}: {value!r}") from None
-    raise UsageError(f"--invoke cannot pass a {text} from the command line")
-
-
 def cmd_run(args: argparse.Namespace, cache: FileSystemCache) -> int:
-    run_options = _split_run_options(args)
+    options = _split_run_options(args)
     engine = cli_engine(args)
     source = args.file
     stack = None if args.no_cache else runtime_cache(args, cache)
     if source.endswith(".wat"):
         try:
             wasm = bytes(wasmtime.wat2wasm(Path(source).read_text()))
-        except OSError as exc:
-            raise UsageError(f"cannot read {source}: {exc.strerror}") from exc
-        module = interruptible(
-            lambda: (
-                wasmtime.Module(engine, wasm)
-                if stack is None
-                else stack.load_or_compile(engine, wasm)
-            )
-        )
+        except (OSError, wasmtime.WasmtimeError) as exc:
+            raise Failed(f"cannot read {source}", exc) from exc
+        compiled = _compile(stack, engine, source, wasm)
     else:
-        module = _compile(stack, engine, source)
-    linker = wasmtime.Linker(engine)
-    linker.define_wasi()
-    store = wasmtime.Store(engine)
-    wasi = wasmtime.WasiConfig()
-    wasi.argv = [args.argv0 or os.path.basename(source), *args.args]
-    wasi.inherit_stdin()
-    wasi.inherit_stdout()
-    wasi.inherit_stderr()
-    wasi.env = _guest_env(args)
-    for spec in args.dir or []:
-        host, _, guest = spec.partition("::")
-        if not os.path.isdir(host):
-            raise UsageError(f"--dir {spec}: {host} is not a folder")
-        wasi.preopen_dir(host, guest or host)
-    store.set_wasi(wasi)
-    for option, method in (
-        ("unknown-imports-trap", "define_unknown_imports_as_traps"),
-        ("unknown-imports-default", "define_unknown_imports_as_default_values"),
-    ):
-        if option in run_options:
-            define = getattr(linker, method, None)
-            if define is None:
-                raise UsageError(f"-W {option} needs a newer wasmtime than this one")
-            define(module) if option == "unknown-imports-trap" else define(store, module)
-    instance = linker.instantiate(store, module)
-    exports = instance.exports(store)
-
-    def call() -> int:
-        try:
-            if args.invoke is None:
-                start = exports.get("_start")
-                if not isinstance(start, wasmtime.Func):
-                    raise UsageError(f"{source} is not a WASI command (no _start export)")
-                start(store)
-                return 0
-            initialize = exports.get("_initialize")
-            if isinstance(initialize, wasmtime.Func):
-                initialize(store)
-            func = exports.get(args.invoke)
-            if not isinstance(func, wasmtime.Func):
-                raise UsageError(f"{source} exports no function {args.invoke!r}")
-            params = func.type(store).params
-            if len(params) != len(args.args):
-                raise UsageError(
-                    f"{args.invoke} takes {len(params)} arguments, {len(args.args)} given"
-                )
-            result = func(store, *(_typed(v, t) for v, t in zip(args.args, params)))
-            for value in result if isinstance(result, list) else [result]:
-                if value is not None:
-                    print(value)
-            return 0
-        except wasmtime.ExitTrap as exc:
-            return exc.code
-        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
-            # A trap (or a trapping host stub): the message and the wasm backtrace, as one
-            # block, and wasmtime run's exit code.
-            message = exc.message if isinstance(exc, wasmtime.Trap) else str(exc)
-            sys.stdout.flush()
-            print(f"wasmcache: error: failed to run {source}\n{message}", file=sys.stderr)
-            return TRAP_EXIT
-
-    return interruptible(call)
+        compiled = _compile(stack, engine, source)
+    wasi_options = args.wasi or []
+    guest = Guest(
+        source,
+        args.args,
+        argv0=args.argv0,
+        dirs=args.dir or [],
+        env=guest_env("inherit-env" in wasi_options or "inherit-env=y" in wasi_options,
+                      args.env or []),
+        invoke=args.invoke,
+        options=options,
+    )  # fmt: skip
+    try:
+        call = runner.prepare(engine, compiled, guest)
+    except wasmtime.WasmtimeError as exc:
+        raise Failed(f"cannot instantiate {source}", exc) from exc
+    code: int = interruptible(call)
+    return code
 
 
 def cmd_compile(args: argparse.Namespace, cache: FileSystemCache) -> int:
@@ -417,7 +375,8 @@ def cmd_demo(args: argparse.Namespace, cache: FileSystemCache) -> int:
 
         fresh_engine = wasmtime.Engine()  # as a new process would
         start = time.perf_counter()
-        loaded = demo_cache.load(key, fresh_engine)
+        loaded = demo_cache.load(key, fresh_engine, kind="module")
+        assert isinstance(loaded, wasmtime.Module)
         warm = time.perf_counter() - start
         print(f"warm load from the cache:   {warm * 1e3:9.1f} ms")
         print(f"speed-up:                   {cold / warm:9.0f}x")
@@ -547,6 +506,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _report(what: str, causes: Sequence[str]) -> None:
+    """The error, then one line per cause (a cause's own further lines indented)."""
+    print(f"wasmcache: error: {what}", file=sys.stderr)
+    for cause in causes:
+        first, *rest = cause.splitlines() or [""]
+        print(f"  caused by: {first}", file=sys.stderr)
+        for line in rest:
+            print(f"    {line}", file=sys.stderr)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -565,11 +534,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_usage(sys.stderr)
         print(f"wasmcache: error: {exc}", file=sys.stderr)
         return 2
+    except Failed as exc:
+        if args.verbose:
+            raise
+        _report(exc.what, cause_lines(exc.cause))
+        return 1
     except (CacheError, OSError, wasmtime.WasmtimeError, ValueError) as exc:
         if args.verbose:
             raise
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"wasmcache: error: {message}", file=sys.stderr)
+        lines = cause_lines(exc)
+        _report(lines[0], lines[1:])
         return 1
     except KeyboardInterrupt:
         return 130

@@ -71,6 +71,10 @@ class DeserializeError(CacheError):
     """An entry exists but cannot be loaded; the cache removed it."""
 
 
+class KindMismatch(CacheError):
+    """The entry holds a module where a component was asked for, or the reverse."""
+
+
 class LZWError(CacheError, ValueError):
     """An LZW stream is malformed, decodes past the output cap, or (for a legacy entry)
     cannot hold a compiled artifact. ``reason`` is one of "code", "no-end", "too-large",

@@ -6,12 +6,15 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from typing import Optional
 
 import wasmtime
 
 from wasmcache.base import ModuleCache
+from wasmcache.entry import Origin
 from wasmcache.errors import CacheError, DeserializeError, NotFound
 from wasmcache.hashing import ModuleHash
+from wasmcache.kinds import Compiled, Kind
 
 log = logging.getLogger("wasmcache")
 
@@ -27,16 +30,18 @@ class FallbackCache(ModuleCache):
     def __repr__(self) -> str:
         return f"{self.primary!r}.with_fallback({self.fallback!r})"
 
-    def load(self, key: ModuleHash, engine: wasmtime.Engine) -> wasmtime.Module:
+    def load(
+        self, key: ModuleHash, engine: wasmtime.Engine, *, kind: Optional[Kind] = None
+    ) -> Compiled:
         try:
-            return self.primary.load(key, engine)
+            return self.primary.load(key, engine, kind=kind)
         except (NotFound, DeserializeError):
             pass
         except CacheError as exc:
             log.warning(
                 "primary cache %r failed for %s, trying the fallback: %s", self.primary, key, exc
             )
-        module = self.fallback.load(key, engine)
+        module = self.fallback.load(key, engine, kind=kind)
         if self.primary.contains(key, engine):
             return module  # already there (a remote tier downloads into its local folder)
         try:
@@ -45,11 +50,18 @@ class FallbackCache(ModuleCache):
             log.warning("could not promote %s into %r: %s", key, self.primary, exc)
         return module
 
-    def save(self, key: ModuleHash, engine: wasmtime.Engine, module: wasmtime.Module) -> None:
+    def save(
+        self,
+        key: ModuleHash,
+        engine: wasmtime.Engine,
+        module: Compiled,
+        *,
+        origin: Optional[Origin] = None,
+    ) -> None:
         errors = []
         for cache in (self.primary, self.fallback):
             try:
-                cache.save(key, engine, module)
+                cache.save(key, engine, module, origin=origin)
             except CacheError as exc:
                 errors.append(exc)
         if errors:

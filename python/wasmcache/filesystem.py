@@ -1,4 +1,5 @@
-"""FileSystemCache: compiled modules as files in a private folder, loaded by mmap."""
+"""FileSystemCache: compiled modules and components as files in a private folder, loaded
+by mmap."""
 
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ from typing import Optional, Union
 
 import wasmtime
 
-from wasmcache import entry, legacy, locks, maintenance, names, safefs
+from wasmcache import entry, kinds, legacy, locks, maintenance, names, safefs
 from wasmcache._image import artifact_bytes
 from wasmcache.base import ModuleCache
 from wasmcache.config import default_cache_dir
 from wasmcache.engine import engine_id
-from wasmcache.entry import Buffer, Corrupt
+from wasmcache.entry import Buffer, Corrupt, Origin
 from wasmcache.errors import (
     DeserializeError,
     FileReadError,
@@ -25,6 +26,7 @@ from wasmcache.errors import (
     UnsafeCacheError,
 )
 from wasmcache.hashing import ModuleHash
+from wasmcache.kinds import Compiled, Kind
 
 log = logging.getLogger("wasmcache")
 
@@ -34,7 +36,7 @@ _FD_PATHS = os.path.isdir("/proc/self/fd")
 
 
 class FileSystemCache(maintenance.Housekeeping, ModuleCache):
-    """Compiled modules stored as ``<cache_dir>/<engine id>-v<N>/<HASH>.bin``.
+    """Compiled modules and components stored as ``<cache_dir>/<engine id>-v<N>/<HASH>.bin``.
 
     ``cache_dir`` defaults to :func:`default_cache_dir`; it must be private (see
     :mod:`wasmcache.safefs`; ``shared_group=True`` lets the folder's group write too).
@@ -99,7 +101,9 @@ class FileSystemCache(maintenance.Housekeeping, ModuleCache):
         os.close(fd)
         return True
 
-    def load(self, key: ModuleHash, engine: wasmtime.Engine) -> wasmtime.Module:
+    def load(
+        self, key: ModuleHash, engine: wasmtime.Engine, *, kind: Optional[Kind] = None
+    ) -> Compiled:
         path = self._checked_path(key, engine)
         try:
             fd, info = safefs.open_regular(path)
@@ -109,11 +113,13 @@ class FileSystemCache(maintenance.Housekeeping, ModuleCache):
         try:
             safefs.check_entry(path, info, shared_group=self.shared_group)
             try:
-                kind = entry.inspect(fd, info.st_size, verify=self.verify)
-                if kind == "lzw":
+                shape = entry.inspect(fd, info.st_size, verify=self.verify)
+                found = entry.read_info(fd, info.st_size).kind if shape == "trailer" else "module"
+                kinds.check(kind, found, path)
+                if shape == "lzw":
                     artifact = legacy.decode(fd, info.st_size, self.legacy_max_bytes)
                     return legacy.migrate(self, key, engine, path, artifact)
-                module = _deserialize(engine, path, fd)
+                module = _deserialize(engine, path, fd, found)
                 maintenance.record_use(fd, info, self.touch_interval)
             except Corrupt as exc:
                 safefs.discard(path, info)
@@ -129,16 +135,24 @@ class FileSystemCache(maintenance.Housekeeping, ModuleCache):
         log.debug("hit %s at %s", key, path)
         return module
 
-    def save(self, key: ModuleHash, engine: wasmtime.Engine, module: wasmtime.Module) -> None:
+    def save(
+        self,
+        key: ModuleHash,
+        engine: wasmtime.Engine,
+        module: Compiled,
+        *,
+        origin: Optional[Origin] = None,
+    ) -> None:
+        """Store ``module`` (a module or a component) with what ``origin`` says of it."""
         path = self._checked_path(key, engine)
         payload = artifact_bytes(module)
-        trailer = entry.make_trailer(payload)
-        if self._holds(path, trailer):
+        sealed = entry.seal(payload, kinds.of(module), origin)
+        if self._holds(path, sealed, len(payload)):
             # Replacing a big file costs more than writing it (the old one's blocks are
             # freed in the rename); an identical entry is kept as it is.
             log.debug("%s is already saved at %s", key, path)
             return
-        safefs.write_file(path, payload, trailer, self._make_folders, fsync=self.fsync)
+        safefs.write_file(path, payload, sealed.tail, self._make_folders, fsync=self.fsync)
         log.debug("saved %s (%d bytes) to %s", key, len(payload), path)
         if self.max_bytes is not None:
             maintenance.maybe_prune(self, self.max_bytes, self.prune_interval)
@@ -150,14 +164,16 @@ class FileSystemCache(maintenance.Housekeeping, ModuleCache):
         chunks: Iterable[Buffer],
         *,
         verify: bool = True,
-    ) -> wasmtime.Module:
+        kind: Optional[Kind] = None,
+    ) -> Compiled:
         """Store an entry that arrives in pieces (a download) and load it: the pieces go
         to a temp file in the entry's folder, which is verified (format, length, XXH3-64)
         before it is renamed into place and mapped through its own descriptor. A bad or
         partial stream is never kept: DeserializeError for bad content, FileWriteError for
         local trouble; any error raised by ``chunks`` itself passes through. ``verify=False``
         when ``chunks`` checked the content's checksum itself (the length and trailer are
-        still checked). Honours ``fsync`` and triggers automatic pruning like a save."""
+        still checked). Honours ``fsync`` and triggers automatic pruning like a save.
+        An entry of the other ``kind`` is kept, and KindMismatch raised."""
         path = self._checked_path(key, engine)
         temp, fd = safefs.create_temp(path, self._make_folders)
         try:
@@ -167,6 +183,7 @@ class FileSystemCache(maintenance.Housekeeping, ModuleCache):
                 size = os.fstat(fd).st_size
                 if entry.inspect(fd, size, verify=verify) != "trailer":
                     raise Corrupt("not an entry in wasmcache's format")
+                found = entry.read_info(fd, size).kind
                 if self.fsync:
                     os.fsync(fd)
                 os.rename(temp, path)
@@ -174,7 +191,8 @@ class FileSystemCache(maintenance.Housekeeping, ModuleCache):
                 raise FileWriteError(
                     f"cannot write cache entry {path}: {exc.strerror}", path, exc.errno
                 ) from exc
-            module = _deserialize(engine, path, fd)
+            kinds.check(kind, found, path)
+            module = _deserialize(engine, path, fd, found)
         except Corrupt as exc:
             # Renamed into place only to be rejected by wasmtime: remove it there.
             placed = safefs.same_file(path, os.fstat(fd))
@@ -232,23 +250,23 @@ class FileSystemCache(maintenance.Housekeeping, ModuleCache):
     def _make_folders(self, engine_dir: str) -> None:
         safefs.make_folders(self._dir, engine_dir, shared_group=self.shared_group)
 
-    def _holds(self, path: str, trailer: bytes) -> bool:
+    def _holds(self, path: str, sealed: entry.Sealed, artifact_length: int) -> bool:
         try:
             fd, _ = safefs.open_regular(path)
         except (OSError, FileReadError):
             return False
         try:
             safefs.check_entry(path, os.fstat(fd), shared_group=self.shared_group)
-            return entry.holds(fd, trailer)
+            return entry.holds(fd, sealed, artifact_length)
         except UnsafeCacheError:
             return False
         finally:
             os.close(fd)
 
 
-def _deserialize(engine: wasmtime.Engine, path: str, fd: int) -> wasmtime.Module:
+def _deserialize(engine: wasmtime.Engine, path: str, fd: int, kind: Kind) -> Compiled:
     source = f"/proc/self/fd/{fd}" if _FD_PATHS else path
     try:
-        return wasmtime.Module.deserialize_file(engine, source)
+        return kinds.deserialize_file(engine, source, kind)
     except wasmtime.WasmtimeError as exc:
         raise Corrupt(f"wasmtime rejected the artifact: {exc}") from exc

@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING
 import wasmtime
 
 from wasmcache import _core
-from wasmcache.entry import Corrupt, make_trailer
+from wasmcache.entry import Corrupt, seal
 from wasmcache.errors import FileWriteError, LZWError
 from wasmcache.hashing import ModuleHash
+from wasmcache.kinds import Compiled
 
 if TYPE_CHECKING:
     from wasmcache.filesystem import FileSystemCache
@@ -59,11 +60,12 @@ def migrate(
     engine: wasmtime.Engine,
     path: str,
     artifact: memoryview,
-) -> wasmtime.Module:
+) -> Compiled:
     """Load a decoded legacy artifact, storing it in today's format (in place of the LZW
     file) so the next load maps it directly."""
     try:
-        module = cache.receive(key, engine, [artifact, make_trailer(artifact)])
+        tail = seal(artifact, "module").tail
+        module = cache.receive(key, engine, [artifact, tail], kind="module")
     except FileWriteError as exc:
         log.warning("could not rewrite LZW entry %s: %s", path, exc)
         try:

@@ -1,4 +1,5 @@
-"""MemoryCache: compiled modules kept in this process, least recently used dropped first."""
+"""MemoryCache: compiled modules and components kept in this process, least recently used
+dropped first."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ from typing import Optional
 
 import wasmtime
 
+from wasmcache import kinds
 from wasmcache.base import ModuleCache
+from wasmcache.entry import Origin
 from wasmcache.errors import NotFound
 from wasmcache.hashing import ModuleHash
+from wasmcache.kinds import Compiled, Kind
 
 
 class MemoryCache(ModuleCache):
@@ -26,7 +30,7 @@ class MemoryCache(ModuleCache):
             raise ValueError("max_entries must be at least 1 (or None for no bound)")
         self.max_entries = max_entries
         self._modules: weakref.WeakKeyDictionary[
-            wasmtime.Engine, collections.OrderedDict[ModuleHash, wasmtime.Module]
+            wasmtime.Engine, collections.OrderedDict[ModuleHash, Compiled]
         ] = weakref.WeakKeyDictionary()
         self._order: collections.OrderedDict[tuple[int, ModuleHash], None] = (
             collections.OrderedDict()
@@ -48,20 +52,29 @@ class MemoryCache(ModuleCache):
         if not isinstance(engine, wasmtime.Engine):
             raise TypeError(f"expected a wasmtime.Engine, got {type(engine).__name__}")
 
-    def load(self, key: ModuleHash, engine: wasmtime.Engine) -> wasmtime.Module:
+    def load(
+        self, key: ModuleHash, engine: wasmtime.Engine, *, kind: Optional[Kind] = None
+    ) -> Compiled:
         self._check(key, engine)
         with self._lock:
             per_engine = self._modules.get(engine)
             module = None if per_engine is None else per_engine.get(key)
             if module is None:
                 raise NotFound(f"no cached module for {key} in memory for this engine")
+            kinds.check(kind, kinds.of(module), f"the memory entry for {key}")
             self._order.move_to_end((id(engine), key))
             return module
 
-    def save(self, key: ModuleHash, engine: wasmtime.Engine, module: wasmtime.Module) -> None:
+    def save(
+        self,
+        key: ModuleHash,
+        engine: wasmtime.Engine,
+        module: Compiled,
+        *,
+        origin: Optional[Origin] = None,
+    ) -> None:
         self._check(key, engine)
-        if not isinstance(module, wasmtime.Module):
-            raise TypeError(f"expected a wasmtime.Module, got {type(module).__name__}")
+        kinds.of(module)  # TypeError for anything but a module or component
         with self._lock:
             per_engine = self._modules.get(engine)
             if per_engine is None:

@@ -1,4 +1,5 @@
-"""ObjectStoreCache: compiled modules in S3-compatible object storage, shared by a fleet.
+"""ObjectStoreCache: compiled modules and components in S3-compatible object storage,
+shared by a fleet.
 
 Objects live at ``<prefix>/<engine id>-v<N>/<HASH>.bin`` (see :mod:`wasmcache.names`) in
 the format of :mod:`wasmcache.transfer`: a header (signed when a signing key is given) and
@@ -19,12 +20,12 @@ from typing import Any, Optional, Union
 
 import wasmtime
 
-from wasmcache import names, transfer
+from wasmcache import entry, kinds, names, transfer
 from wasmcache._image import artifact_bytes
 from wasmcache._optional import require
 from wasmcache.base import ModuleCache
 from wasmcache.engine import engine_id
-from wasmcache.entry import TRAILER_SIZE, Buffer, make_trailer, read_trailer
+from wasmcache.entry import Buffer, Origin
 from wasmcache.errors import (
     CacheError,
     NotFound,
@@ -34,6 +35,7 @@ from wasmcache.errors import (
 )
 from wasmcache.filesystem import FileSystemCache
 from wasmcache.hashing import ModuleHash
+from wasmcache.kinds import Compiled, Kind
 from wasmcache.lease import Lease
 from wasmcache.signing import Manifest, PrivateKeyLike, PublicKeyLike, Signer, Verifier
 
@@ -199,17 +201,19 @@ class ObjectStoreCache(ModuleCache):
 
     # -- the ModuleCache methods ------------------------------------------------------------
 
-    def load(self, key: ModuleHash, engine: wasmtime.Engine) -> wasmtime.Module:
+    def load(
+        self, key: ModuleHash, engine: wasmtime.Engine, *, kind: Optional[Kind] = None
+    ) -> Compiled:
         obstore = _obstore()
         name = self.object_key(key, engine)
-        expected = Manifest(engine_id(engine), str(key), "module", 0, 0)
+        expected = Manifest(engine_id(engine), str(key), kind or "", 0, 0)
         try:
             chunks = iter(obstore.get(self._store, name).stream(min_chunk_size=transfer.CHUNK))
         except Exception as exc:
             raise self._error(exc, name) from exc
         chunks = self._guarded(transfer.prefetched(chunks), name)
         download = transfer.Download(chunks, name, expected, self.verifier)
-        module = self.local.receive(key, engine, download, verify=not download.checked)
+        module = self.local.receive(key, engine, download, verify=not download.checked, kind=kind)
         log.debug("remote hit %s (%s)", key, name)
         return module
 
@@ -238,18 +242,22 @@ class ObjectStoreCache(ModuleCache):
             raise error from exc
         self._bucket_seen = True
 
-    def save(self, key: ModuleHash, engine: wasmtime.Engine, module: wasmtime.Module) -> None:
+    def save(
+        self,
+        key: ModuleHash,
+        engine: wasmtime.Engine,
+        module: Compiled,
+        *,
+        origin: Optional[Origin] = None,
+    ) -> None:
         obstore = _obstore()
         name = self.object_key(key, engine)
         payload = artifact_bytes(module)
-        trailer = make_trailer(payload)
-        parsed = read_trailer(trailer)
-        assert parsed is not None
-        manifest = Manifest(
-            engine_id(engine), str(key), "module", len(payload) + TRAILER_SIZE, parsed.checksum
-        )
+        kind = kinds.of(module)
+        sealed = entry.seal(payload, kind, origin)
+        manifest = Manifest(engine_id(engine), str(key), kind, sealed.length, sealed.checksum)
         pieces = transfer.encode(
-            manifest, payload, trailer, self.signer, level=self.compression_level
+            manifest, payload, sealed.tail, self.signer, level=self.compression_level
         )
         size = sum(len(memoryview(p)) for p in pieces)
         try:

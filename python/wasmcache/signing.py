@@ -34,9 +34,9 @@ class Manifest(NamedTuple):
 
     engine_id: str
     key: str  # uppercase hex of the module hash
-    kind: str  # "module"
-    length: int  # bytes of the entry: artifact + trailer
-    checksum: int  # XXH3-64 of the artifact (as in the trailer)
+    kind: str  # "module" or "component"
+    length: int  # bytes of the entry
+    checksum: int  # XXH3-64 of the entry's payload (as in its trailer)
 
     def signed_bytes(self) -> bytes:
         text = f"{self.engine_id}\n{self.key}\n{self.kind}\n{self.length}\n{self.checksum:016x}\n"

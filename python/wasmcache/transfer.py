@@ -3,7 +3,7 @@ and a downloaded object back into an entry.
 
 An object is ``b"WMCOBJ2\\n"``, a u32 LE header length, a JSON header (the manifest, the
 compression and, when signed, the signer's key id and the Ed25519 signature), then the
-entry (artifact + trailer) as one zstd frame. An object that starts with an ELF header is
+entry (see :mod:`wasmcache.entry`) as one zstd frame. An object that starts with an ELF header is
 an uncompressed entry as older wasmcache wrote it; it still loads where no signature is
 required. Anything else is refused on its first bytes.
 """
@@ -22,7 +22,7 @@ import xxhash
 
 from wasmcache._optional import require
 from wasmcache.elf import ELF_MAGIC
-from wasmcache.entry import MAGIC, TRAILER, TRAILER_SIZE, Buffer
+from wasmcache.entry import MAGICS, TRAILER, TRAILER_SIZE, Buffer
 from wasmcache.errors import DeserializeError
 from wasmcache.signing import Manifest, Signer, Verifier
 
@@ -180,7 +180,8 @@ class Download:
         except (ValueError, TypeError, KeyError) as exc:
             raise DeserializeError(f"{self._name} has a damaged header: {exc}") from None
         self._compression = header.get("compression")
-        if manifest[:3] != expected[:3] or self._compression not in ("zstd", "none"):
+        same = manifest[:2] == expected[:2] and expected.kind in ("", manifest.kind)
+        if not same or self._compression not in ("zstd", "none"):
             raise DeserializeError(
                 f"{self._name} holds {manifest.kind} {manifest.key} of engine "
                 f"{manifest.engine_id}, not what its name says"
@@ -231,8 +232,9 @@ class Download:
                 yield out
         except _zstd().ZstdError as exc:
             raise DeserializeError(f"{self._name} is not a valid zstd stream: {exc}") from None
-        expected_trailer = TRAILER.pack(manifest.length - TRAILER_SIZE, manifest.checksum, MAGIC)
-        if total != manifest.length or tail != expected_trailer:
+        expected = {TRAILER.pack(manifest.length - TRAILER_SIZE, manifest.checksum, magic)
+                    for magic in MAGICS}  # fmt: skip
+        if total != manifest.length or tail not in expected:
             raise DeserializeError(
                 f"{self._name} is truncated or damaged ({total} of {manifest.length} bytes)"
             )

@@ -1,0 +1,95 @@
+"""The two kinds of compiled WebAssembly: core modules and components.
+
+A Wasm binary says which it is in its first eight bytes (the version and layer fields
+after ``\\0asm``); a compiled object is a ``wasmtime.Module`` or a
+``wasmtime.component.Component`` (wasmtime-py 40 and newer).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal, Union
+
+import wasmtime
+
+from wasmcache.errors import CacheError, KindMismatch
+
+if TYPE_CHECKING:
+    from wasmtime.component import Component
+else:
+    try:
+        from wasmtime.component import Component
+    except ImportError:  # wasmtime-py before 40
+        Component = None
+
+Kind = Literal["module", "component"]
+KINDS: tuple[Kind, ...] = ("module", "component")
+#: A compiled module or component.
+Compiled = Union[wasmtime.Module, "Component"]
+
+_WASM_MAGIC = b"\0asm"
+_COMPONENT_VERSION = b"\x0d\x00\x01\x00"  # version 0xd, layer 1
+
+
+def components_supported() -> bool:
+    return Component is not None
+
+
+def component_class() -> type[Component]:
+    """wasmtime.component.Component; a CacheError naming the need if it is missing."""
+    if Component is None:
+        raise CacheError(f"components need wasmtime 40 or newer (this is {wasmtime_version()})")
+    return Component
+
+
+def wasmtime_version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("wasmtime")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - odd installs
+        return "unknown"
+
+
+def of_wasm(data: Union[bytes, bytearray, memoryview]) -> Kind:
+    """The kind a Wasm binary declares ("module" for anything that is not a component:
+    wasmtime then says what is wrong with it)."""
+    head = bytes(data[:8])
+    if head[:4] == _WASM_MAGIC and head[4:8] == _COMPONENT_VERSION:
+        return "component"
+    return "module"
+
+
+def of(compiled: Any) -> Kind:
+    """The kind of a compiled object (TypeError for anything else)."""
+    if isinstance(compiled, wasmtime.Module):
+        return "module"
+    if Component is not None and isinstance(compiled, Component):
+        return "component"
+    raise TypeError(
+        f"expected a wasmtime.Module or wasmtime.component.Component, got {type(compiled).__name__}"
+    )
+
+
+def check(wanted: Union[Kind, None], found: Kind, what: str) -> None:
+    """KindMismatch when ``wanted`` is given and is not ``found``."""
+    if wanted is not None and wanted != found:
+        raise KindMismatch(f"{what} holds a {found}, not a {wanted}")
+
+
+def compile(engine: wasmtime.Engine, wasm: bytes, kind: Kind) -> Compiled:
+    """Compile ``wasm`` as ``kind``."""
+    if kind == "component":
+        return component_class()(engine, wasm)
+    return wasmtime.Module(engine, wasm)
+
+
+def deserialize_file(engine: wasmtime.Engine, path: str, kind: Kind) -> Compiled:
+    if kind == "component":
+        return component_class().deserialize_file(engine, path)
+    return wasmtime.Module.deserialize_file(engine, path)
+
+
+def deserialize(engine: wasmtime.Engine, artifact: bytes, kind: Kind) -> Compiled:
+    if kind == "component":
+        return component_class().deserialize(engine, artifact)
+    return wasmtime.Module.deserialize(engine, artifact)
