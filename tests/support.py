@@ -419,3 +419,18 @@ def split_entry(data: bytes) -> tuple[bytes, dict[str, object]]:
     artifact = data[: -28 - meta_length]
     assert meta["artifact_length"] == len(artifact)
     return artifact, meta
+
+
+# -- components ----------------------------------------------------------------------------
+
+
+def command_component(message: str = "hello from a component\n", status: int = 0) -> bytes:
+    """A WASI 0.2 command component that prints ``message`` and exits with ``status``
+    (0 or 1: what wasi:cli/exit can say), from tests/data/command_component.wat."""
+    import wasmtime
+
+    data = message.encode()
+    escaped = "".join(f"\\{b:02x}" for b in data)
+    text = (Path(__file__).parent / "data" / "command_component.wat").read_text()
+    text = text.replace("@MESSAGE@", escaped).replace("@LENGTH@", str(len(data)))
+    return bytes(wasmtime.wat2wasm(text.replace("@STATUS@", str(status))))

@@ -276,16 +276,29 @@ def cmd_compile(args: argparse.Namespace, cache: FileSystemCache) -> int:
 
 
 def _entry_rows(cache: FileSystemCache) -> list[dict[str, Any]]:
-    return [
-        {
-            "key": str(e.key),
-            "engine": e.engine_folder,
-            "bytes": e.size,
-            "last_used": e.last_used,
-            "path": str(e.path),
-        }
-        for e in sorted(cache.entries(), key=lambda e: -e.last_used)
-    ]
+    rows = []
+    for found in sorted(cache.entries(), key=lambda e: -e.last_used):
+        info = cache.describe(found)
+        rows.append(
+            {
+                "key": str(found.key),
+                "engine": found.engine_folder,
+                "bytes": found.size,
+                "last_used": found.last_used,
+                "path": str(found.path),
+                "kind": info.kind if info else None,
+                "source": info.source if info else None,
+                "wasm_size": info.wasm_size if info else None,
+                "compile_seconds": info.compile_seconds if info else None,
+                "created": info.created if info else None,
+                "wasmtime": info.wasmtime if info else None,
+            }
+        )
+    return rows
+
+
+def _seconds(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.1f} s"
 
 
 def cmd_ls(args: argparse.Namespace, cache: FileSystemCache) -> int:
@@ -293,26 +306,45 @@ def cmd_ls(args: argparse.Namespace, cache: FileSystemCache) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    if rows:
-        print(f"{'KEY':<64}  {'SIZE':>10}  {'LAST USED':<16}  ENGINE")
+    if not rows:
+        print(f"no entries in {cache.cache_dir}")
+        return 0
+    print(
+        f"{'SOURCE':<24} {'KIND':<9} {'SIZE':>10} {'COMPILE':>9} {'LAST USED':<16} "
+        f"{'KEY':<16} ENGINE"
+    )
     for row in rows:
         used = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["last_used"]))
-        print(f"{row['key']:<64}  {human(row['bytes']):>10}  {used:<16}  {row['engine']}")
+        source = row["source"] or "-"
+        if len(source) > 24:
+            source = "..." + source[-21:]
+        print(
+            f"{source:<24} {row['kind'] or '?':<9} {human(row['bytes']):>10} "
+            f"{_seconds(row['compile_seconds']):>9} {used:<16} {row['key'][:16]:<16} "
+            f"{row['engine']}"
+        )
     return 0
 
 
 def cmd_stats(args: argparse.Namespace, cache: FileSystemCache) -> int:
     rows = _entry_rows(cache)
-    folders: dict[str, dict[str, int]] = {}
+    folders: dict[str, dict[str, Any]] = {}
     for row in rows:
-        folder = folders.setdefault(row["engine"], {"entries": 0, "bytes": 0})
+        folder = folders.setdefault(
+            row["engine"], {"entries": 0, "bytes": 0, "compile_seconds": 0.0}
+        )
         folder["entries"] += 1
         folder["bytes"] += row["bytes"]
+        folder["compile_seconds"] += row["compile_seconds"] or 0.0
     stats = {
         "cache_dir": str(cache.cache_dir),
         "engine_id": engine_id(cli_engine(args)),
         "entries": len(rows),
         "bytes": sum(r["bytes"] for r in rows),
+        "modules": sum(1 for r in rows if r["kind"] == "module"),
+        "components": sum(1 for r in rows if r["kind"] == "component"),
+        # What rebuilding the cache would cost (entries that recorded their compile time).
+        "compile_seconds": round(sum(r["compile_seconds"] or 0.0 for r in rows), 3),
         "engine_folders": folders,
         "oldest_use": min((r["last_used"] for r in rows), default=None),
         "newest_use": max((r["last_used"] for r in rows), default=None),
@@ -321,10 +353,16 @@ def cmd_stats(args: argparse.Namespace, cache: FileSystemCache) -> int:
         print(json.dumps(stats, indent=2))
         return 0
     print(f"cache folder: {stats['cache_dir']}")
-    print(f"entries:      {_count(stats['entries'], 'entry', 'entries')} ({human(stats['bytes'])})")
+    print(
+        f"entries:      {_count(stats['entries'], 'entry', 'entries')} ({human(stats['bytes'])}): "
+        f"{_count(stats['modules'], 'module', 'modules')}, "
+        f"{_count(stats['components'], 'component', 'components')}"
+    )
+    print(f"compile time held: {stats['compile_seconds']:.1f} s (what a new cache would spend)")
     for name, folder in sorted(folders.items()):
         print(
-            f"  {name}: {_count(folder['entries'], 'entry', 'entries')}, {human(folder['bytes'])}"
+            f"  {name}: {_count(folder['entries'], 'entry', 'entries')}, "
+            f"{human(folder['bytes'])}, {folder['compile_seconds']:.1f} s of compiling"
         )
     return 0
 

@@ -54,6 +54,12 @@ class Housekeeping:
         """Every entry of every engine folder (other names are ignored)."""
         return list(entries(str(self.cache_dir)))
 
+    def describe(self, found: CacheEntry) -> Optional[entry.Info]:
+        """What an entry says of itself (kind, source name, Wasm size, compile time,
+        creation time, wasmtime version), read without mapping it; an older entry gives
+        a module's defaults; None if it cannot be read or is damaged."""
+        return describe(str(found.path))
+
     def verify_entries(self, *, fix: bool = False) -> list[tuple[CacheEntry, str]]:
         """Check every entry's format, length and checksum (without wasmtime); return the
         bad ones with the reason. With ``fix`` the bad ones are removed."""
@@ -125,6 +131,21 @@ def entries(cache_dir: str) -> Iterator[CacheEntry]:
             yield found
 
 
+def describe(path: str) -> Optional[entry.Info]:
+    try:
+        fd, info = safefs.open_regular(path)
+    except (OSError, CacheError):
+        return None
+    try:
+        if entry.inspect(fd, info.st_size, verify=False) != "trailer":
+            return entry.Info()  # a bare artifact or an LZW stream: a module
+        return entry.read_info(fd, info.st_size)
+    except (OSError, Corrupt):
+        return None
+    finally:
+        os.close(fd)
+
+
 def verify(cache: Housekeeping, *, fix: bool) -> list[tuple[CacheEntry, str]]:
     """Check whatever sits at entry names: rule, format, length, checksum (and a legacy
     entry's stream); return the bad ones with the reason, removing them with ``fix``."""
@@ -152,8 +173,11 @@ def _problem(cache: Housekeeping, path: str) -> Optional[str]:
         return f"unreadable: {exc}"
     try:
         safefs.check_entry(path, info, shared_group=cache.shared_group)
-        if entry.inspect(fd, info.st_size, verify=True) == "lzw":
+        shape = entry.inspect(fd, info.st_size, verify=True)
+        if shape == "lzw":
             legacy.decode(fd, info.st_size, cache.legacy_max_bytes).release()
+        elif shape == "trailer":
+            entry.read_info(fd, info.st_size)
     except (Corrupt, CacheError) as exc:
         return str(exc)
     except OSError as exc:
