@@ -14,7 +14,7 @@ import wasmtime
 import support
 import wasmcache as wc
 from conftest import call_add
-from wasmcache import synth
+from wasmcache import kinds, synth
 
 pytest.importorskip("obstore")
 boto3 = pytest.importorskip("boto3")
@@ -82,6 +82,25 @@ def test_save_on_one_machine_load_on_another(s3_endpoint, s3, bucket, tmp_path, 
     assert local.contains(key, engine)  # the download landed in the local folder
     assert call_add(engine, local.load(key, engine)) == 5
     assert list((tmp_path / "machine-b").rglob(".*.tmp")) == []
+
+
+@pytest.mark.skipif(not kinds.components_supported(), reason="no components in this wasmtime")
+def test_component_travels_with_its_kind_and_metadata(s3_endpoint, bucket, tmp_path, engine):
+    wasm = support.command_component()
+    key = wc.ModuleHash.sha256(wasm)
+    machine_a = wc.FileSystemCache(tmp_path / "a").with_fallback(
+        remote(s3_endpoint, bucket, tmp_path, "a")
+    )
+    assert isinstance(machine_a.load_or_compile(engine, wasm), kinds.Component)
+    machine_b = remote(s3_endpoint, bucket, tmp_path, "b")
+    with pytest.raises(wc.CacheError):  # the object's manifest says component
+        machine_b.load(key, engine, kind="module")
+    assert isinstance(machine_b.load(key, engine, kind="component"), kinds.Component)
+    local = wc.FileSystemCache(tmp_path / "b")
+    (found,) = local.entries()
+    info = local.describe(found)
+    assert info is not None and info.kind == "component" and info.wasm_size == len(wasm)
+    assert info.compile_seconds is not None  # made where it was compiled, kept on the way
 
 
 def test_large_module_multipart(s3_endpoint, bucket, tmp_path, engine):
