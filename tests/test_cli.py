@@ -16,6 +16,7 @@ import wasmtime
 import wasmcache as wc
 from wasmcache import synth
 from wasmcache.cli import parse_size
+from wasmcache.kinds import wasmtime_version
 from wasmcache.options import engine_from_options
 
 HELLO_WAT = """
@@ -127,13 +128,19 @@ def test_compile_ls_stats(hello, env):
     assert "cached" in done.stdout
     entries = ls(env)
     assert len(entries) == 1
-    assert set(entries[0]) == {"key", "engine", "bytes", "last_used", "path"}
+    assert set(entries[0]) == {
+        "key", "engine", "bytes", "last_used", "path", "kind", "source", "wasm_size",
+        "compile_seconds", "created", "wasmtime",
+    }  # fmt: skip
+    assert entries[0]["kind"] == "module" and entries[0]["source"] == Path(hello).name
+    assert entries[0]["wasm_size"] == Path(hello).stat().st_size
+    assert entries[0]["wasmtime"] == wasmtime_version()
     stats = json.loads(wasmcache("stats", "--json", env=env, check_code=0).stdout)
     assert stats["entries"] == 1
     assert stats["bytes"] == entries[0]["bytes"]
     assert list(stats["engine_folders"]) == [entries[0]["engine"]]
     text = wasmcache("ls", env=env, check_code=0).stdout
-    assert entries[0]["key"] in text
+    assert entries[0]["key"][:16] in text
     assert "entries:" in wasmcache("stats", env=env, check_code=0).stdout
 
 
@@ -257,7 +264,23 @@ def test_version_and_bare_command(env):
 def test_ls_has_a_header(hello, env):
     wasmcache("compile", hello, env=env, check_code=0)
     lines = wasmcache("ls", env=env, check_code=0).stdout.splitlines()
-    assert lines[0].split() == ["KEY", "SIZE", "LAST", "USED", "ENGINE"] and len(lines) == 2
+    assert lines[0].split() == [
+        "SOURCE", "KIND", "SIZE", "COMPILE", "LAST", "USED", "KEY", "ENGINE"
+    ] and len(lines) == 2  # fmt: skip
+    row = lines[1].split()
+    assert row[:2] == [Path(hello).name, "module"] and row[3] == "KiB"  # a human size
+    assert float(row[4]) >= 0 and row[5] == "s"  # the compile time the entry holds
+
+
+def test_stats_counts_kinds_and_compile_time(hello, env):
+    wasmcache("compile", hello, env=env, check_code=0)
+    (row,) = ls(env)
+    stats = json.loads(wasmcache("stats", "--json", env=env, check_code=0).stdout)
+    assert (stats["modules"], stats["components"]) == (1, 0)
+    assert stats["compile_seconds"] == pytest.approx(row["compile_seconds"], abs=1e-3)
+    text = wasmcache("stats", env=env, check_code=0).stdout
+    assert "1 entry" in text and "1 module, 0 components" in text
+    assert "compile time held:" in text
 
 
 def test_compile_says_when_nothing_was_cached(hello, tmp_path):
