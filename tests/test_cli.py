@@ -456,3 +456,13 @@ def test_run_wat_text_and_argv0(tmp_path, env):
     text.write_text(HELLO_WAT)
     done = wasmcache("run", "--argv0", "hello", text, "a", env=env, check_code=42)
     assert "hello from wasm" in done.stdout
+
+
+def test_run_refuses_unknown_wasi_options_before_compiling(tmp_path, env):
+    path = tmp_path / "app.wasm"
+    path.write_bytes(b"not even wasm: the option is refused first")
+    done = wasmcache("run", "-S", "tcp=y", path, env=env, check_code=2)
+    assert "unknown -S option 'tcp=y'" in done.stderr
+    done = wasmcache("run", "--dir", tmp_path / "missing", path, env=env, check_code=2)
+    assert "is not a folder" in done.stderr
+    assert wasmcache("run", "-S", "inherit-env=n", path, env=env).returncode == 1  # known

@@ -422,8 +422,9 @@ def test_server_dies_or_stalls_mid_download(own_seaweed, tmp_path, engine, monke
     assert local_files(reader) == []
     if fault == "kill":
         own_seaweed.start()
-        if not reader.contains(key, engine):  # a killed server may lose its newest writes
-            writer.save(key, engine, wasmtime.Module(engine, wasm))
+        # A killed server may lose or half-keep its newest writes (seen: HEAD answers,
+        # GET fails with 500 until the object is written again): put it again.
+        writer.save(key, engine, wasmtime.Module(engine, wasm))
     else:
         own_seaweed.resume()
     module = reader.load(key, engine)  # the next call recovers

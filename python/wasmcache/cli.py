@@ -223,30 +223,51 @@ def _split_run_options(args: argparse.Namespace) -> set[str]:
     return run_options
 
 
+def _inherit_env(wasi_options: Sequence[str]) -> bool:
+    """The -S options: only inherit-env[=y|n] is known; anything else is a usage error."""
+    inherit = False
+    for option in wasi_options:
+        name, _, value = option.partition("=")
+        if name != "inherit-env" or value.lower() not in (
+            "",
+            "y",
+            "yes",
+            "true",
+            "n",
+            "no",
+            "false",
+        ):
+            raise UsageError(f"unknown -S option {option!r} (known: inherit-env[=y|n])")
+        inherit = value.lower() in ("", "y", "yes", "true")
+    return inherit
+
+
 def cmd_run(args: argparse.Namespace, cache: FileSystemCache) -> int:
     options = _split_run_options(args)
     engine = cli_engine(args)
     source = args.file
     stack = None if args.no_cache else runtime_cache(args, cache)
-    if source.endswith(".wat"):
-        try:
-            wasm = bytes(wasmtime.wat2wasm(Path(source).read_text()))
-        except (OSError, wasmtime.WasmtimeError) as exc:
-            raise Failed(f"cannot read {source}", exc) from exc
-        compiled = _compile(stack, engine, source, wasm)
-    else:
-        compiled = _compile(stack, engine, source)
-    wasi_options = args.wasi or []
     guest = Guest(
         source,
         args.args,
         argv0=args.argv0,
         dirs=args.dir or [],
-        env=guest_env("inherit-env" in wasi_options or "inherit-env=y" in wasi_options,
-                      args.env or []),
+        env=guest_env(_inherit_env(args.wasi or []), args.env or []),
         invoke=args.invoke,
         options=options,
     )  # fmt: skip
+    if source.endswith(".wat"):
+        try:
+            text = Path(source).read_text()
+        except OSError as exc:
+            raise Failed(f"cannot read {source}", exc) from exc
+        try:
+            wasm = bytes(wasmtime.wat2wasm(text))
+        except wasmtime.WasmtimeError as exc:
+            raise Failed(f"cannot parse {source} as WebAssembly text", exc) from exc
+        compiled = _compile(stack, engine, source, wasm)
+    else:
+        compiled = _compile(stack, engine, source)
     try:
         call = runner.prepare(engine, compiled, guest)
     except wasmtime.WasmtimeError as exc:

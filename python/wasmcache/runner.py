@@ -37,6 +37,12 @@ class Guest:
     invoke: Optional[str] = None
     options: set[str] = field(default_factory=set)  # RUN_OPTIONS turned on
 
+    def __post_init__(self) -> None:
+        for spec in self.dirs:  # checked before any compile
+            host = spec.partition("::")[0]
+            if not os.path.isdir(host):
+                raise UsageError(f"--dir {spec}: {host} is not a folder")
+
 
 def guest_env(inherit: bool, items: Sequence[str]) -> list[list[str]]:
     """wasmtime run's rule: nothing from the host unless asked (-S inherit-env, --env)."""
@@ -61,8 +67,6 @@ def _wasi(guest: Guest) -> wasmtime.WasiConfig:
     wasi.env = guest.env
     for spec in guest.dirs:
         host, _, inside = spec.partition("::")
-        if not os.path.isdir(host):
-            raise UsageError(f"--dir {spec}: {host} is not a folder")
         wasi.preopen_dir(host, inside or host)
     return wasi
 
