@@ -57,7 +57,7 @@ def test_kind_of_wasm(component_wasm, add_wasm):
 def test_load_or_compile_caches_a_component(tmp_path, engine, component_wasm):
     cache = wc.FileSystemCache(tmp_path)
     first = cache.load_or_compile(engine, component_wasm)
-    assert isinstance(first, kinds.Component)
+    assert isinstance(first, kinds.component_class())
     key = wc.ModuleHash.sha256(component_wasm)
     _, meta = split_entry(cache.path(key, engine).read_bytes())
     assert meta["kind"] == "component" and meta["wasm_size"] == len(component_wasm)
@@ -65,7 +65,7 @@ def test_load_or_compile_caches_a_component(tmp_path, engine, component_wasm):
     # a new engine and cache object, as a new process: a hit of the right type that runs
     fresh = wasmtime.Engine()
     loaded = wc.FileSystemCache(tmp_path).load(key, fresh)
-    assert isinstance(loaded, kinds.Component)
+    assert isinstance(loaded, kinds.component_class())
     assert run_component(fresh, loaded) == "hello from a component\n"
 
 
@@ -73,8 +73,8 @@ def test_component_from_a_path_keeps_its_name(tmp_path, engine, component_wasm):
     path = tmp_path / "hello.component.wasm"
     path.write_bytes(component_wasm)
     cache = wc.FileSystemCache(tmp_path / "cache")
-    assert isinstance(cache.load_or_compile(engine, path), kinds.Component)
-    assert isinstance(cache.load_or_compile(engine, path), kinds.Component)  # direct mode
+    assert isinstance(cache.load_or_compile(engine, path), kinds.component_class())
+    assert isinstance(cache.load_or_compile(engine, path), kinds.component_class())  # direct mode
     (found,) = cache.entries()
     info = cache.describe(found)
     assert info is not None and (info.kind, info.source) == ("component", path.name)
@@ -91,7 +91,7 @@ def test_asking_for_the_other_kind_is_a_clean_error(tmp_path, engine, component_
     with pytest.raises(wc.KindMismatch, match="holds a module, not a component"):
         cache.load(module_key, engine, kind="component")
     assert cache.contains(component_key, engine)  # nothing removed for asking
-    assert isinstance(cache.load(component_key, engine, kind="component"), kinds.Component)
+    assert isinstance(cache.load(component_key, engine, kind="component"), kinds.component_class())
     memory = wc.MemoryCache()
     memory.save(component_key, engine, cache.load(component_key, engine))
     with pytest.raises(wc.KindMismatch):
@@ -109,7 +109,7 @@ def test_explicit_key_of_the_other_kind_compiles_instead(
     key = wc.ModuleHash.sha256(add_wasm)
     cache.save(key, engine, wasmtime.Module(engine, add_wasm))
     got = cache.load_or_compile(engine, component_wasm, key=key)
-    assert isinstance(got, kinds.Component)
+    assert isinstance(got, kinds.component_class())
 
 
 def test_memory_and_fallback_tiers(tmp_path, engine, component_wasm):
@@ -117,7 +117,7 @@ def test_memory_and_fallback_tiers(tmp_path, engine, component_wasm):
     disk.load_or_compile(engine, component_wasm)
     stack = wc.MemoryCache().with_fallback(wc.FileSystemCache(tmp_path))
     first = stack.load_or_compile(engine, component_wasm)
-    assert isinstance(first, kinds.Component)
+    assert isinstance(first, kinds.component_class())
     assert stack.load_or_compile(engine, component_wasm) is first  # from memory now
 
 
@@ -180,4 +180,4 @@ def test_compile_then_library_hit(tmp_path, env, component_wasm):
     wasmcache("compile", path, env=env, check_code=0)
     cache = wc.FileSystemCache(env["WASMCACHE_DIR"])
     key = wc.ModuleHash.sha256(component_wasm)
-    assert isinstance(cache.load(key, wasmtime.Engine(), kind="component"), kinds.Component)
+    assert isinstance(cache.load(key, wasmtime.Engine(), kind="component"), kinds.component_class())

@@ -91,11 +91,11 @@ def test_component_travels_with_its_kind_and_metadata(s3_endpoint, bucket, tmp_p
     machine_a = wc.FileSystemCache(tmp_path / "a").with_fallback(
         remote(s3_endpoint, bucket, tmp_path, "a")
     )
-    assert isinstance(machine_a.load_or_compile(engine, wasm), kinds.Component)
+    assert isinstance(machine_a.load_or_compile(engine, wasm), kinds.component_class())
     machine_b = remote(s3_endpoint, bucket, tmp_path, "b")
     with pytest.raises(wc.CacheError):  # the object's manifest says component
         machine_b.load(key, engine, kind="module")
-    assert isinstance(machine_b.load(key, engine, kind="component"), kinds.Component)
+    assert isinstance(machine_b.load(key, engine, kind="component"), kinds.component_class())
     local = wc.FileSystemCache(tmp_path / "b")
     (found,) = local.entries()
     info = local.describe(found)

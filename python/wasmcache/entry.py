@@ -38,7 +38,6 @@ TRAILER_SIZE = TRAILER.size
 _META_LENGTH = struct.Struct("<I")
 MAX_META = 1 << 16
 _MAX_SOURCE = 1024  # characters of a source name kept
-_WASMTIME = wasmtime_version()
 
 
 class Corrupt(Exception):
@@ -97,7 +96,7 @@ def seal(artifact: Buffer, kind: Kind, origin: Optional[Origin] = None) -> Seale
         "wasm_size": origin.wasm_size,
         "compile_seconds": origin.compile_seconds,
         "created": time.time(),
-        "wasmtime": _WASMTIME,
+        "wasmtime": wasmtime_version(),
         "artifact_length": len(artifact),
         "artifact_checksum": f"{artifact_checksum:016x}",
     }

@@ -7,7 +7,8 @@ after ``\\0asm``); a compiled object is a ``wasmtime.Module`` or a
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal, Union
+import functools
+from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
 import wasmtime
 
@@ -15,11 +16,6 @@ from wasmcache.errors import CacheError, KindMismatch
 
 if TYPE_CHECKING:
     from wasmtime.component import Component
-else:
-    try:
-        from wasmtime.component import Component
-    except ImportError:  # wasmtime-py before 40
-        Component = None
 
 Kind = Literal["module", "component"]
 KINDS: tuple[Kind, ...] = ("module", "component")
@@ -30,18 +26,32 @@ _WASM_MAGIC = b"\0asm"
 _COMPONENT_VERSION = b"\x0d\x00\x01\x00"  # version 0xd, layer 1
 
 
+@functools.cache
+def _component_class() -> Optional[type[Component]]:
+    """wasmtime.component.Component, imported on first use (it costs 15 ms), or None."""
+    try:
+        from wasmtime.component import Component
+    except ImportError:  # wasmtime-py before 40
+        return None
+    return Component
+
+
 def components_supported() -> bool:
-    return Component is not None
+    return _component_class() is not None
 
 
 def component_class() -> type[Component]:
     """wasmtime.component.Component; a CacheError naming the need if it is missing."""
-    if Component is None:
+    component = _component_class()
+    if component is None:
         raise CacheError(f"components need wasmtime 40 or newer (this is {wasmtime_version()})")
-    return Component
+    return component
 
 
+@functools.cache
 def wasmtime_version() -> str:
+    """The installed wasmtime-py's version (read once, on first use: importlib.metadata
+    costs 25 ms to import)."""
     import importlib.metadata
 
     try:
@@ -63,7 +73,8 @@ def of(compiled: Any) -> Kind:
     """The kind of a compiled object (TypeError for anything else)."""
     if isinstance(compiled, wasmtime.Module):
         return "module"
-    if Component is not None and isinstance(compiled, Component):
+    component = _component_class() if type(compiled).__module__.startswith("wasmtime") else None
+    if component is not None and isinstance(compiled, component):
         return "component"
     raise TypeError(
         f"expected a wasmtime.Module or wasmtime.component.Component, got {type(compiled).__name__}"

