@@ -181,3 +181,36 @@ def test_compile_then_library_hit(tmp_path, env, component_wasm):
     cache = wc.FileSystemCache(env["WASMCACHE_DIR"])
     key = wc.ModuleHash.sha256(component_wasm)
     assert isinstance(cache.load(key, wasmtime.Engine(), kind="component"), kinds.component_class())
+
+
+def _bare_component(body: str) -> bytes:
+    """A component whose wasi:cli/run runs ``body`` (a core function body returning i32:
+    0 for ok), importing an interface no host defines."""
+    return bytes(
+        wasmtime.wat2wasm(
+            f"""
+            (component
+              (import "example:unknown/thing" (instance (export "f" (func))))
+              (core module $M (func (export "run") (result i32) {body}))
+              (core instance $m (instantiate $M))
+              (func $run (result (result)) (canon lift (core func $m "run")))
+              (instance $run-instance (export "run" (func $run)))
+              (export "wasi:cli/run@0.2.0" (instance $run-instance)))
+            """
+        )
+    )
+
+
+def test_run_component_unknown_imports_and_traps(tmp_path, env):
+    path = tmp_path / "unknown.wasm"
+    path.write_bytes(_bare_component("i32.const 0"))
+    done = wasmcache("run", path, env=env, check_code=1)
+    assert f"wasmcache: error: cannot instantiate {path}" in done.stderr
+    assert "example:unknown/thing" in done.stderr and "Traceback" not in done.stderr
+    wasmcache("run", "-W", "unknown-imports-trap=y", path, env=env, check_code=0)
+
+    trapping = tmp_path / "trap.wasm"
+    trapping.write_bytes(_bare_component("unreachable"))
+    done = wasmcache("run", "-W", "unknown-imports-trap=y", trapping, env=env, check_code=134)
+    assert f"failed to run {trapping}" in done.stderr and "unreachable" in done.stderr
+    assert "Traceback" not in done.stderr
