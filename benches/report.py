@@ -39,7 +39,7 @@ def rows(data: dict) -> list[list[str]]:
             [
                 info.get("dataset", ""),
                 name,
-                _fmt(info.get("artifact_bytes", 0) / 1e6, 1),
+                _fmt(info["artifact_bytes"] / 1e6, 1) if info.get("artifact_bytes") else "",
                 _fmt(best_ms, 3),
                 _fmt(info.get("mb_per_s"), 0) if "us_per_call" not in info else "",
                 info.get("baseline", "") or "",
@@ -64,6 +64,10 @@ def rows(data: dict) -> list[list[str]]:
                         "wire_bytes",
                         "wire_bytes_uncompressed",
                         "compile_ms",
+                        "job",
+                        "entry_mib",
+                        "epoch_entry_mib",
+                        "size_ratio",
                     )
                 ),
             ]

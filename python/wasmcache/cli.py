@@ -22,6 +22,7 @@ from wasmcache.base import ModuleCache, read_wasm
 from wasmcache.config import default_cache_dir
 from wasmcache.engine import engine_id
 from wasmcache.errors import CacheError
+from wasmcache.failures import Failed, cause_lines, report
 from wasmcache.filesystem import FileSystemCache
 from wasmcache.hashing import ModuleHash
 from wasmcache.kinds import Compiled
@@ -93,36 +94,6 @@ def interruptible(work: Callable[[], T]) -> T:
         raise outcome["error"]
     value: T = outcome["value"]
     return value
-
-
-class Failed(Exception):
-    """A failure to report as ``what`` and the whole cause chain of ``cause``, exit 1."""
-
-    def __init__(self, what: str, cause: BaseException) -> None:
-        super().__init__(what)
-        self.what = what
-        self.cause = cause
-
-
-def cause_lines(exc: BaseException) -> list[str]:
-    """One line per cause: the exception's own message (wasmtime's "Caused by:" list split
-    into its items), then those of its ``__cause__`` chain."""
-    lines: list[str] = []
-    seen: set[int] = set()
-    current: Optional[BaseException] = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        text = str(current).strip() or type(current).__name__
-        if isinstance(current, OSError) and current.strerror and not current.__cause__:
-            text = current.strerror  # the path is named by the line above
-        head, _, causes = text.partition("\n\nCaused by:\n")
-        lines.append("\n".join(line.rstrip() for line in head.splitlines() if line.strip()))
-        for line in causes.splitlines():
-            item = re.sub(r"^\s*\d+:\s*", "", line).strip()
-            if item and item not in lines:
-                lines.append(item)
-        current = current.__cause__
-    return lines
 
 
 def _compile(
@@ -565,16 +536,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _report(what: str, causes: Sequence[str]) -> None:
-    """The error, then one line per cause (a cause's own further lines indented)."""
-    print(f"wasmcache: error: {what}", file=sys.stderr)
-    for cause in causes:
-        first, *rest = cause.splitlines() or [""]
-        print(f"  caused by: {first}", file=sys.stderr)
-        for line in rest:
-            print(f"    {line}", file=sys.stderr)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -596,13 +557,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Failed as exc:
         if args.verbose:
             raise
-        _report(exc.what, cause_lines(exc.cause))
+        report(exc.what, cause_lines(exc.cause))
         return 1
     except (CacheError, OSError, wasmtime.WasmtimeError, ValueError) as exc:
         if args.verbose:
             raise
         lines = cause_lines(exc)
-        _report(lines[0], lines[1:])
+        report(lines[0], lines[1:])
         return 1
     except KeyboardInterrupt:
         return 130
