@@ -20,7 +20,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import wasmtime
 
@@ -44,6 +44,20 @@ def version_tag(artifacts: Path) -> str:
             major, minor = line.split()[1].split(".")[:2]
             return major + minor
     raise ValueError(f"{artifacts / 'MANIFEST'} names no python version")
+
+
+def preopen_read_only(wasi: wasmtime.WasiConfig, host: str, guest: str) -> None:
+    """Map ``host`` at ``guest``, read-only (wasmtime-py 50 takes a flag where older
+    releases take DirPerms and FilePerms)."""
+    preopen: Any = wasi.preopen_dir
+    dir_perms, file_perms = (
+        getattr(wasmtime, "DirPerms", None),
+        getattr(wasmtime, "FilePerms", None),
+    )
+    if dir_perms is not None and file_perms is not None:
+        preopen(host, guest, dir_perms.READ_ONLY, file_perms.READ_ONLY)
+    else:
+        preopen(host, guest, False)
 
 
 def run(
@@ -76,8 +90,7 @@ def run(
         wasi.env = [["TMPDIR", "/tmp"], ["PYTHONTZPATH", ""]]
         wasi.inherit_stdout()
         wasi.inherit_stderr()
-        wasi.preopen_dir(lib, STDLIB_GUEST, wasmtime.DirPerms.READ_ONLY,
-                         wasmtime.FilePerms.READ_ONLY)  # fmt: skip
+        preopen_read_only(wasi, lib, STDLIB_GUEST)
         store = wasmtime.Store(engine)
         store.set_wasi(wasi)
         exports = linker.instantiate(store, module).exports(store)
