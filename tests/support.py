@@ -470,3 +470,17 @@ def venv_output(venv: Path, code: str) -> str:
         check=True,
     )
     return done.stdout.strip()
+
+
+# -- yosys: a small design and the job the tests and benches run on it ------------------------
+
+COUNTER_V = """
+module counter(input clk, input rst, output reg [7:0] count);
+  always @(posedge clk)
+    if (rst) count <= 0;
+    else count <= count + 1;
+endmodule
+"""
+#: synthesize it and write the statistics where a user's script would (with -q yosys prints
+#: nothing on stdout)
+YOSYS_SYNTH = "read_verilog counter.v; synth -top counter; tee -q -o stat.txt stat"

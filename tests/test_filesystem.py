@@ -410,3 +410,19 @@ def test_modules_from_different_engines_do_not_mix(tmp_path, add_wasm, engine):
     assert cache.contains(key, engine)
     assert not cache.contains(key, other_engine)
     assert cache.path(key, engine).parent != cache.path(key, other_engine).parent
+
+
+def test_damaged_metadata_under_a_valid_checksum_is_corrupt(cache, key, engine, add_module):
+    """Metadata that is not what wasmcache writes is caught even when the trailer's
+    checksum was recomputed over it: verify names it, load removes the entry."""
+    cache.save(key, engine, add_module)
+    path = cache.path(key, engine)
+    artifact, _ = split_entry(path.read_bytes())
+    meta = b'{"kind":"plugin"}'
+    payload = artifact + meta + struct.pack("<I", len(meta))
+    path.write_bytes(payload + struct.pack("<QQ", len(payload), checksum(payload)) + b"WMCACHE2")
+    ((_, reason),) = cache.verify_entries()
+    assert "metadata" in reason
+    with pytest.raises(wc.DeserializeError, match="metadata"):
+        cache.load(key, engine)
+    assert not path.exists()

@@ -21,14 +21,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.programs]
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 
-COUNTER_V = """
-module counter(input clk, input rst, output reg [7:0] count);
-  always @(posedge clk)
-    if (rst) count <= 0;
-    else count <= count + 1;
-endmodule
-"""
-SYNTH = "read_verilog counter.v; synth -top counter; tee -q -o stat.txt stat"
+COUNTER_V, SYNTH = support.COUNTER_V, support.YOSYS_SYNTH
 
 
 def wasmcache(*args: object, cwd: Path, cache: Path) -> subprocess.CompletedProcess[str]:

@@ -125,8 +125,7 @@ class ModuleCache(abc.ABC):
         if module is not None:
             return module
         if self._unusable is not None:
-            data = data if data is not None else read_wasm(wasm)
-            return kinds.compile(engine, data, kinds.of_wasm(data))
+            return kinds.compile(engine, data if data is not None else read_wasm(wasm))
         with self.compile_lock(key, engine):
             module = self._try_load(key, engine, kind)  # compiled by someone else meanwhile?
             if module is not None:
@@ -141,7 +140,7 @@ class ModuleCache(abc.ABC):
                     log.debug("%s changed since its stamp was taken; key %s", path, actual)
                     key = actual
             start = time.perf_counter()
-            module = kinds.compile(engine, data, kinds.of_wasm(data))
+            module = kinds.compile(engine, data)
             origin = Origin(
                 os.path.basename(path) if path else None,
                 len(data),

@@ -114,7 +114,7 @@ def _compile(
     def work() -> Compiled:
         if cache is None:
             data = wasm if wasm is not None else read_wasm(path)
-            return kinds.compile(engine, data, kinds.of_wasm(data))
+            return kinds.compile(engine, data)
         return cache.load_or_compile(engine, source)
 
     try:
@@ -449,7 +449,8 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="wasmcache", description="Cache of compiled WebAssembly modules for wasmtime."
+        prog="wasmcache",
+        description="Cache of compiled WebAssembly modules and components for wasmtime.",
     )
     parser.add_argument(
         "--cache-dir", help="cache folder (default: $WASMCACHE_DIR or the user cache folder)"

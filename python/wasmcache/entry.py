@@ -72,11 +72,13 @@ class Info(NamedTuple):
 
 
 class Sealed(NamedTuple):
-    """What follows an artifact in its entry, and the checksums of both."""
+    """What follows an artifact in its entry, and what it says of the artifact."""
 
     tail: bytes  # metadata, its length and the trailer
     length: int  # of the whole entry
     checksum: int  # the trailer's: XXH3-64 of the payload
+    kind: Kind
+    artifact_length: int
     artifact_checksum: int
 
 
@@ -103,10 +105,12 @@ def seal(artifact: Buffer, kind: Kind, origin: Optional[Origin] = None) -> Seale
     block = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
     block += _META_LENGTH.pack(len(block))
     hasher.update(block)
-    payload_length = len(artifact) + len(block)
-    trailer = TRAILER.pack(payload_length, hasher.intdigest(), MAGIC)
-    return Sealed(block + trailer, payload_length + TRAILER_SIZE, hasher.intdigest(),
-                  artifact_checksum)  # fmt: skip
+    payload_length, digest = len(artifact) + len(block), hasher.intdigest()
+    trailer = TRAILER.pack(payload_length, digest, MAGIC)
+    return Sealed(
+        block + trailer, payload_length + TRAILER_SIZE, digest, kind, len(artifact),
+        artifact_checksum,
+    )  # fmt: skip
 
 
 def read_trailer(tail: bytes) -> Optional[Trailer]:
@@ -145,9 +149,10 @@ def inspect(fd: int, size: int, *, verify: bool) -> Shape:
 
 
 def read_info(fd: int, size: int) -> Info:
-    """The description of an entry that :func:`inspect` called "trailer" (for an entry of
-    the previous format, a module's default). Corrupt if the metadata is damaged."""
-    trailer = read_trailer(os.pread(fd, TRAILER_SIZE, size - TRAILER_SIZE))
+    """The description of an entry :func:`inspect` accepted: today's format carries one
+    (Corrupt if it is damaged); every older shape is a module, described by the defaults."""
+    tail = os.pread(fd, TRAILER_SIZE, size - TRAILER_SIZE) if size >= TRAILER_SIZE else b""
+    trailer = read_trailer(tail)
     if trailer is None or trailer.magic != MAGIC:
         return Info()
     end = size - TRAILER_SIZE - _META_LENGTH.size
@@ -175,7 +180,7 @@ def read_info(fd: int, size: int) -> Info:
     return info
 
 
-def holds(fd: int, sealed: Sealed, artifact_length: int) -> bool:
+def holds(fd: int, sealed: Sealed) -> bool:
     """Whether the open file is a whole, checked entry of the same artifact and kind as
     ``sealed`` (its other metadata, say its creation time, may differ)."""
     try:
@@ -183,12 +188,9 @@ def holds(fd: int, sealed: Sealed, artifact_length: int) -> bool:
         if inspect(fd, size, verify=True) != "trailer":
             return False
         info = read_info(fd, size)
-        new = json.loads(sealed.tail[: -TRAILER_SIZE - _META_LENGTH.size])
-        return (
-            info.artifact_length == artifact_length
-            and info.artifact_checksum == sealed.artifact_checksum
-            and info.kind == new["kind"]
-        )
+        return (info.kind, info.artifact_length, info.artifact_checksum) == (
+            sealed.kind, sealed.artifact_length, sealed.artifact_checksum,
+        )  # fmt: skip
     except (OSError, Corrupt):
         return False
 

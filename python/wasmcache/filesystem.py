@@ -114,7 +114,7 @@ class FileSystemCache(maintenance.Housekeeping, ModuleCache):
             safefs.check_entry(path, info, shared_group=self.shared_group)
             try:
                 shape = entry.inspect(fd, info.st_size, verify=self.verify)
-                found = entry.read_info(fd, info.st_size).kind if shape == "trailer" else "module"
+                found = entry.read_info(fd, info.st_size).kind
                 kinds.check(kind, found, path)
                 if shape == "lzw":
                     artifact = legacy.decode(fd, info.st_size, self.legacy_max_bytes)
@@ -147,7 +147,7 @@ class FileSystemCache(maintenance.Housekeeping, ModuleCache):
         path = self._checked_path(key, engine)
         payload = artifact_bytes(module)
         sealed = entry.seal(payload, kinds.of(module), origin)
-        if self._holds(path, sealed, len(payload)):
+        if self._holds(path, sealed):
             # Replacing a big file costs more than writing it (the old one's blocks are
             # freed in the rename); an identical entry is kept as it is.
             log.debug("%s is already saved at %s", key, path)
@@ -250,14 +250,14 @@ class FileSystemCache(maintenance.Housekeeping, ModuleCache):
     def _make_folders(self, engine_dir: str) -> None:
         safefs.make_folders(self._dir, engine_dir, shared_group=self.shared_group)
 
-    def _holds(self, path: str, sealed: entry.Sealed, artifact_length: int) -> bool:
+    def _holds(self, path: str, sealed: entry.Sealed) -> bool:
         try:
             fd, _ = safefs.open_regular(path)
         except (OSError, FileReadError):
             return False
         try:
             safefs.check_entry(path, os.fstat(fd), shared_group=self.shared_group)
-            return entry.holds(fd, sealed, artifact_length)
+            return entry.holds(fd, sealed)
         except UnsafeCacheError:
             return False
         finally:

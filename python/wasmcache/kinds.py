@@ -73,7 +73,7 @@ def of(compiled: Any) -> Kind:
     """The kind of a compiled object (TypeError for anything else)."""
     if isinstance(compiled, wasmtime.Module):
         return "module"
-    component = _component_class() if type(compiled).__module__.startswith("wasmtime") else None
+    component = _component_class()
     if component is not None and isinstance(compiled, component):
         return "component"
     raise TypeError(
@@ -87,9 +87,9 @@ def check(wanted: Union[Kind, None], found: Kind, what: str) -> None:
         raise KindMismatch(f"{what} holds a {found}, not a {wanted}")
 
 
-def compile(engine: wasmtime.Engine, wasm: bytes, kind: Kind) -> Compiled:
-    """Compile ``wasm`` as ``kind``."""
-    if kind == "component":
+def compile(engine: wasmtime.Engine, wasm: bytes, kind: Optional[Kind] = None) -> Compiled:
+    """Compile ``wasm`` as ``kind`` (default: the kind its header declares)."""
+    if (kind or of_wasm(wasm)) == "component":
         return component_class()(engine, wasm)
     return wasmtime.Module(engine, wasm)
 

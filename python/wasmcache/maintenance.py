@@ -137,8 +137,7 @@ def describe(path: str) -> Optional[entry.Info]:
     except (OSError, CacheError):
         return None
     try:
-        if entry.inspect(fd, info.st_size, verify=False) != "trailer":
-            return entry.Info()  # a bare artifact or an LZW stream: a module
+        entry.inspect(fd, info.st_size, verify=False)
         return entry.read_info(fd, info.st_size)
     except (OSError, Corrupt):
         return None
@@ -176,8 +175,7 @@ def _problem(cache: Housekeeping, path: str) -> Optional[str]:
         shape = entry.inspect(fd, info.st_size, verify=True)
         if shape == "lzw":
             legacy.decode(fd, info.st_size, cache.legacy_max_bytes).release()
-        elif shape == "trailer":
-            entry.read_info(fd, info.st_size)
+        entry.read_info(fd, info.st_size)  # damaged metadata is a problem too
     except (Corrupt, CacheError) as exc:
         return str(exc)
     except OSError as exc:
