@@ -297,7 +297,12 @@ class Seaweed:
         client = s3_client(self.endpoint)
         while True:
             try:
-                client.head_bucket(Bucket=self.bucket)
+                # Ready means an object goes in and comes back: the S3 gateway answers HEAD
+                # before its volume server takes writes (seen after a restart from SIGKILL).
+                probe = ".wasmcache-ready"
+                client.put_object(Bucket=self.bucket, Key=probe, Body=b"ready")
+                assert client.get_object(Bucket=self.bucket, Key=probe)["Body"].read() == b"ready"
+                client.delete_object(Bucket=self.bucket, Key=probe)
                 return
             except Exception as exc:
                 if self.process.poll() is not None or time.monotonic() > deadline:
