@@ -33,6 +33,7 @@ const char *wmc_strerror(int status) {
     case WMC_ERR_NOMEM: return "out of memory";
     case WMC_ERR_ARGUMENT: return "invalid argument";
     case WMC_ERR_OS: return "system call failed";
+    case WMC_ERR_UNSUPPORTED: return "not supported on this platform";
     case WMC_ERR_LZW_CODE: return "invalid LZW code";
     case WMC_ERR_LZW_NO_END: return "LZW stream ends without an end code";
     case WMC_ERR_LZW_TOO_LARGE: return "LZW stream decodes past the output cap";

@@ -1,5 +1,5 @@
 /*
- * wasmcache C core: LZW codec, atomic file write, cache path building.
+ * wasmcache C core: LZW codec, atomic file write, cache path building, filesystem type.
  *
  * Everything between the CDEF markers is also the cffi cdef of wasmcache._native,
  * so it must stay plain declarations (no preprocessor lines, no macros).
@@ -17,6 +17,7 @@ enum wmc_status {
     WMC_ERR_NOMEM = -1,          /* an allocation failed */
     WMC_ERR_ARGUMENT = -2,       /* a NULL pointer or an out-of-range argument */
     WMC_ERR_OS = -3,             /* a system call failed; *err_no holds errno */
+    WMC_ERR_UNSUPPORTED = -4,    /* the platform has no such facility */
     WMC_ERR_LZW_CODE = -10,      /* a code above the next free code, or a bad first code */
     WMC_ERR_LZW_NO_END = -11,    /* the input ended before the end code */
     WMC_ERR_LZW_TOO_LARGE = -12, /* the output would exceed the caller's cap */
@@ -76,6 +77,10 @@ int wmc_cache_path(const char *dir, size_t dir_len, const char *engine_id, size_
  * hold a file name (not end in '/') and no NUL. */
 int wmc_temp_path(const char *target, size_t target_len, uint64_t pid, uint64_t suffix,
                   char *out, size_t out_cap, size_t *out_len);
+/* The type number (statfs f_type, a "magic" such as 0xEF53 for ext2/3/4) of the
+ * filesystem holding path, following links, into *out_magic. WMC_ERR_UNSUPPORTED where the
+ * platform has no such number (anything but Linux); WMC_ERR_OS with *err_no on failure. */
+int wmc_fs_magic(const char *path, uint64_t *out_magic, int *err_no);
 /* CDEF END */
 
 #endif

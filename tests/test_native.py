@@ -154,3 +154,62 @@ def test_save_picks_another_temp_name_past_a_planted_link(
     assert victim.read_text() == "precious"
     assert os.path.islink(planted)
     assert cache.contains(key, engine)
+
+
+FAILED_SAVE_IN_A_CYCLE = """
+import gc, os, sys, tempfile, wasmtime, wasmcache as wc
+engine = wasmtime.Engine()
+wasm = wasmtime.wat2wasm('(module (func (export "f") (result i32) i32.const 7))')
+cache = wc.FileSystemCache(tempfile.mkdtemp())
+key = wc.ModuleHash.sha256(wasm)
+open(os.path.dirname(cache.path(key, engine)), "w").close()  # a file where the folder goes
+kept = []
+for _ in range(3):
+    module = wasmtime.Module(engine, wasm)  # its image is written without a copy
+    try:
+        cache.save(key, engine, module)
+    except wc.FileWriteError as exc:
+        exc.cycle = exc  # the traceback, and so the C call's frame, now lives in a cycle
+        kept.append(exc)
+    del module
+kept.clear()
+gc.collect()
+print("collected", len(kept))
+"""
+
+
+def test_failed_write_leaves_no_buffer_exported(tmp_path):
+    # A write that fails in C raises from a frame whose locals viewed the payload; once
+    # the exception sits in a reference cycle, the garbage collector clears that frame.
+    # Had the view still exported the payload's buffer, the zero-copy memoryview of
+    # wasmtime's image could not be released and the collector crashed the interpreter.
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", FAILED_SAVE_IN_A_CYCLE],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "collected 0"
+    assert "exported buffer" not in done.stderr
+
+
+def test_fs_magic_names_the_filesystem(tmp_path):
+    if not os.path.isdir("/proc/self"):
+        pytest.skip("needs Linux's /proc")
+    assert _core.fs_magic("/proc") == 0x9FA0  # PROC_SUPER_MAGIC
+    with open("/proc/self/mountinfo") as mounts:
+        types = {line.split(" - ")[1].split()[0] for line in mounts}
+    if "tmpfs" in types and os.path.isdir("/dev/shm"):
+        assert _core.fs_magic("/dev/shm") == 0x01021994  # TMPFS_MAGIC
+
+
+def test_fs_magic_failure_is_a_typed_error(tmp_path):
+    with pytest.raises(wc.FileReadError) as caught:
+        _core.fs_magic(str(tmp_path / "missing" / "x"))
+    assert caught.value.errno == errno.ENOENT
+    assert str(tmp_path / "missing") in str(caught.value)

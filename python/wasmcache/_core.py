@@ -11,7 +11,7 @@ import sys
 from typing import Any, NoReturn, Optional, Union
 
 from wasmcache._native import ffi, lib
-from wasmcache.errors import FileWriteError, LZWError, OutOfMemory
+from wasmcache.errors import FileReadError, FileWriteError, LZWError, OutOfMemory
 
 Buffer = Union[bytes, bytearray, memoryview]
 
@@ -38,12 +38,17 @@ def _fail(
     path: Optional[str] = None,
     err_no: int = 0,
     offset: Optional[int] = None,
+    reading: bool = False,
 ) -> NoReturn:
     message = strerror(status)
     if status == lib.WMC_ERR_NOMEM:
         raise OutOfMemory(f"{message} while {what}")
     if status == lib.WMC_ERR_OS:
         cause = OSError(err_no, os.strerror(err_no), path)
+        if reading:
+            raise FileReadError(f"cannot {what}: {os.strerror(err_no)}", path, errno=err_no) from (
+                cause
+            )
         raise FileWriteError(
             f"cannot write cache file {path}: {os.strerror(err_no)}", path, errno=err_no
         ) from cause
@@ -60,7 +65,10 @@ def _check(status: int, **context: Any) -> None:
 
 
 def _buffer(data: object, name: str) -> Any:
-    """A cffi view of a contiguous bytes-like object (no copy)."""
+    """A cffi view of a contiguous bytes-like object (no copy). Use it in a ``with`` block:
+    the view holds an export of ``data``'s buffer until released, and a traceback that
+    keeps the frame alive must not keep the export (a memoryview with an export cannot be
+    released, and the garbage collector then crashes the interpreter)."""
     try:
         return ffi.from_buffer("uint8_t[]", data)
     except (TypeError, BufferError) as exc:
@@ -82,13 +90,15 @@ def lzw_decode_view(
     With ``expect_elf`` the decode stops as soon as the output cannot be one whole ELF
     image (checked on its first 64 bytes)."""
     cap = _size(max_output, "max_output")
-    src = _buffer(data, "data")
     out_buf = ffi.new("uint8_t **")
     out_data = ffi.new("uint8_t **")
     out_len = ffi.new("size_t *")
     err_offset = ffi.new("size_t *")
     flags = lib.WMC_LZW_EXPECT_ELF if expect_elf else 0
-    status = lib.wmc_lzw_decode(src, len(src), cap, flags, out_buf, out_data, out_len, err_offset)
+    with _buffer(data, "data") as src:
+        status = lib.wmc_lzw_decode(
+            src, len(src), cap, flags, out_buf, out_data, out_len, err_offset
+        )
     _check(status, what=f"output cap {cap} bytes", offset=err_offset[0])
     owner = ffi.gc(out_buf[0], lib.wmc_free)
     skip = int(ffi.cast("uintptr_t", out_data[0])) - int(ffi.cast("uintptr_t", owner))
@@ -105,10 +115,12 @@ def lzw_decode(data: Buffer, max_output: int = DEFAULT_MAX_OUTPUT) -> bytes:
 
 
 def lzw_encode(data: Buffer) -> bytes:
-    src = _buffer(data, "data")
     out = ffi.new("uint8_t **")
     out_len = ffi.new("size_t *")
-    _check(lib.wmc_lzw_encode(src, len(src), out, out_len), what=f"LZW-encoding {len(src)} bytes")
+    with _buffer(data, "data") as src:
+        size = len(src)
+        status = lib.wmc_lzw_encode(src, size, out, out_len)
+    _check(status, what=f"LZW-encoding {size} bytes")
     try:
         return bytes(ffi.buffer(out[0], out_len[0]))
     finally:
@@ -121,13 +133,12 @@ def atomic_write(
     """Write payload + trailer to the new file ``temp`` (never an existing name or a
     link), then rename it over ``target``. Raises FileWriteError (``errno`` set; EEXIST
     means pick another temp name); no temp file is left behind then."""
-    body = _buffer(payload, "payload")
-    tail = _buffer(trailer, "trailer")
     err_no = ffi.new("int *")
     flags = (lib.WMC_FSYNC_FILE | lib.WMC_FSYNC_DIR) if fsync else 0
-    status = lib.wmc_atomic_write(
-        os.fsencode(temp), os.fsencode(target), body, len(body), tail, len(tail), flags, err_no
-    )
+    with _buffer(payload, "payload") as body, _buffer(trailer, "trailer") as tail:
+        status = lib.wmc_atomic_write(
+            os.fsencode(temp), os.fsencode(target), body, len(body), tail, len(tail), flags, err_no
+        )
     _check(status, what=f"writing {target}", path=target, err_no=err_no[0])
 
 
@@ -152,3 +163,17 @@ def temp_path(target: bytes, pid: int, suffix: int) -> bytes:
     status = lib.wmc_temp_path(target, len(target), pid, suffix, out, cap, out_len)
     _check(status, what=f"temp path for {target!r}")
     return bytes(ffi.unpack(out, out_len[0]))
+
+
+def fs_magic(path: str) -> Optional[int]:
+    """The type number (statfs ``f_type``) of the filesystem holding ``path``, or None
+    where the platform has none. FileReadError (``errno`` set) if it cannot be asked."""
+    magic = ffi.new("uint64_t *")
+    err_no = ffi.new("int *")
+    status = lib.wmc_fs_magic(os.fsencode(path), magic, err_no)
+    if status == lib.WMC_ERR_UNSUPPORTED:
+        return None
+    _check(
+        status, what=f"ask which filesystem holds {path}", path=path, err_no=err_no[0], reading=True
+    )
+    return int(magic[0])
