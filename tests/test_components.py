@@ -205,7 +205,7 @@ def test_run_component_unknown_imports_and_traps(tmp_path, env):
     path = tmp_path / "unknown.wasm"
     path.write_bytes(_bare_component("i32.const 0"))
     done = wasmcache("run", path, env=env, check_code=1)
-    assert f"wasmcache: error: cannot instantiate {path}" in done.stderr
+    assert f"wasmcache: error: failed to run {path}" in done.stderr
     assert "example:unknown/thing" in done.stderr and "Traceback" not in done.stderr
     wasmcache("run", "-W", "unknown-imports-trap=y", path, env=env, check_code=0)
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import pwd
+import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -12,7 +17,7 @@ import wasmtime
 import wasmcache as wc
 from conftest import call_add
 from support import forge_xxh64_collision
-from wasmcache import direct, names
+from wasmcache import base, direct, names
 
 
 @pytest.fixture(scope="module")
@@ -20,9 +25,10 @@ def settled(tmp_path_factory) -> dict[str, Path]:
     """Wasm files whose mtime and ctime are past the racy window (made once, then waited
     for: a ctime cannot be set back)."""
     folder = tmp_path_factory.mktemp("settled")
+    require_trusted(folder)
     victim, forged = forge_xxh64_collision()
     files = {}
-    for name in ("a", "b", "c", "d"):
+    for name in "abcdefghijklmn":
         path = folder / f"{name}.wasm"
         path.write_bytes(victim)
         files[name] = path
@@ -30,6 +36,17 @@ def settled(tmp_path_factory) -> dict[str, Path]:
     files["forged"].write_bytes(forged)
     time.sleep(direct.RACY_SECONDS + 0.1)
     return files
+
+
+def require_trusted(folder: Path) -> None:
+    """Skip unless direct mode trusts stamps of files in ``folder`` by default."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        trusted = direct.stamps_trusted(fd, str(folder))
+    finally:
+        os.close(fd)
+    if not trusted:
+        pytest.skip(f"{folder} is not on a filesystem whose stamps direct mode trusts")
 
 
 @pytest.fixture(autouse=True)
@@ -46,9 +63,9 @@ class Reads:
         self.count = 0
         real = direct.read_source
 
-        def counting(path: str):  # type: ignore[no-untyped-def]
+        def counting(path: str, fd=None):  # type: ignore[no-untyped-def]
             self.count += 1
-            return real(path)
+            return real(path, fd)
 
         monkeypatch.setattr(direct, "read_source", counting)
 
@@ -130,7 +147,7 @@ def test_a_file_changed_after_its_stamp_compiles_what_it_holds(tmp_path, engine,
     source = tmp_path / "m.wasm"
     source.write_bytes(forged)
     monkeypatch.setattr(
-        direct, "key_of_file", lambda path, algorithm, root: (wc.ModuleHash.sha256(victim), None)
+        direct, "key_of_file", lambda *args, **kwargs: (wc.ModuleHash.sha256(victim), None)
     )
     cache = wc.FileSystemCache(tmp_path / "c")
     assert call_add(engine, cache.load_or_compile(engine, source)) == 1337
@@ -152,4 +169,401 @@ def test_memory_cache_direct_mode_stays_in_memory(settled, monkeypatch):
     memory = wc.MemoryCache()
     for _ in range(3):
         assert call_add(engine, memory.load_or_compile(engine, settled["a"])) == 5
+    assert reads.count == 1
+
+
+# -- the racy rule -----------------------------------------------------------------------
+
+RACY_NS = int(direct.RACY_SECONDS * 1e9)
+
+
+class FakeClock:
+    """direct's clock, moved by hand; each read of a Wasm source takes ``read_ns``."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, start: int, read_ns: int) -> None:
+        self.now = start
+        self.reads = 0
+        monkeypatch.setattr(direct, "_clock", lambda: self.now)
+        real = direct.read_source
+
+        def slow_read(path: str, fd=None):  # type: ignore[no-untyped-def]
+            self.reads += 1
+            self.now += read_ns
+            return real(path, fd)
+
+        monkeypatch.setattr(direct, "read_source", slow_read)
+
+
+@pytest.mark.parametrize("mtime_offset", [-RACY_NS // 2, RACY_NS // 2])
+def test_a_stamp_racy_when_the_read_began_is_not_remembered(
+    tmp_path, monkeypatch, engine, add_wasm, mtime_offset
+):
+    """The clock is read before the file: a stamp inside the racy window then is not
+    remembered, even if the read ends past the window (a write during the read could
+    have kept the stamp)."""
+    require_trusted(tmp_path)
+    source = tmp_path / "racy.wasm"
+    source.write_bytes(add_wasm)
+    now = time.time_ns()
+    os.utime(source, ns=(now, now + mtime_offset))  # mtime set into the window
+    info = os.stat(source)
+    newest = max(info.st_mtime_ns, info.st_ctime_ns)
+    clock = FakeClock(monkeypatch, start=newest + RACY_NS // 2, read_ns=RACY_NS)
+    cache = wc.FileSystemCache(tmp_path / "c")
+    assert call_add(engine, cache.load_or_compile(engine, source)) == 5
+    assert clock.now - newest > RACY_NS  # past the window once the read ended
+    assert direct._memory == {}
+    assert not (cache.cache_dir / names.INDEX_FOLDER).exists()
+    assert call_add(engine, cache.load_or_compile(engine, source)) == 5
+    assert clock.reads == 2
+
+
+def test_a_stamp_settled_when_the_read_began_is_remembered(tmp_path, monkeypatch, engine, add_wasm):
+    require_trusted(tmp_path)
+    source = tmp_path / "settled.wasm"
+    source.write_bytes(add_wasm)
+    info = os.stat(source)
+    clock = FakeClock(
+        monkeypatch, start=max(info.st_mtime_ns, info.st_ctime_ns) + RACY_NS, read_ns=RACY_NS
+    )
+    cache = wc.FileSystemCache(tmp_path / "c")
+    for _ in range(2):
+        assert call_add(engine, cache.load_or_compile(engine, source)) == 5
+    assert clock.reads == 1
+    assert len(list((cache.cache_dir / names.INDEX_FOLDER).iterdir())) == 1
+
+
+# -- the setting -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda d: wc.FileSystemCache(d, direct=False),
+        lambda d: wc.MemoryCache(direct=False),
+        lambda d: wc.MemoryCache().with_fallback(wc.FileSystemCache(d, direct=False)),
+        lambda d: wc.FallbackCache(wc.MemoryCache(), wc.FileSystemCache(d), direct=False),
+    ],
+    ids=["filesystem", "memory", "fallback-part", "fallback"],
+)
+def test_direct_false_reads_every_time(settled, tmp_path, monkeypatch, engine, make):
+    reads = Reads(monkeypatch)
+    cache = make(tmp_path / "c")
+    assert cache.direct is False
+    for expected in (1, 2, 3):
+        assert call_add(engine, cache.load_or_compile(engine, settled["e"])) == 5
+        assert reads.count == expected
+    assert not (tmp_path / "c" / names.INDEX_FOLDER).exists()
+
+
+@pytest.mark.parametrize(
+    "value, expected", [("0", False), ("1", True), ("auto", None), ("", None), (" AUTO ", None)]
+)
+def test_the_environment_sets_direct_mode(monkeypatch, tmp_path, value, expected):
+    monkeypatch.setenv(direct.ENV_VARIABLE, value)
+    assert wc.FileSystemCache(tmp_path / "c").direct is expected
+    assert wc.MemoryCache().direct is expected
+    assert wc.FileSystemCache(tmp_path / "c", direct=True).direct is True  # the argument wins
+    assert wc.MemoryCache(direct=False).direct is False
+
+
+def test_the_environment_turns_direct_mode_off(settled, tmp_path, monkeypatch, engine):
+    monkeypatch.setenv(direct.ENV_VARIABLE, "0")
+    reads = Reads(monkeypatch)
+    cache = wc.MemoryCache().with_fallback(wc.FileSystemCache(tmp_path / "c"))
+    for _ in range(2):
+        assert call_add(engine, cache.load_or_compile(engine, settled["f"])) == 5
+    assert reads.count == 2
+
+
+@pytest.mark.parametrize("value", ["yes", "2", "true", "off"])
+def test_a_bad_environment_value_is_a_value_error_at_construction(monkeypatch, tmp_path, value):
+    monkeypatch.setenv(direct.ENV_VARIABLE, value)
+    for make in (
+        lambda: wc.FileSystemCache(tmp_path / "c"),
+        wc.MemoryCache,
+        lambda: wc.FallbackCache(wc.MemoryCache(direct=True), wc.MemoryCache(direct=True)),
+    ):
+        with pytest.raises(ValueError, match=direct.ENV_VARIABLE):
+            make()
+
+
+def test_a_bad_direct_argument_is_a_type_error(tmp_path):
+    with pytest.raises(TypeError):
+        wc.FileSystemCache(tmp_path / "c", direct="yes")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        wc.MemoryCache(direct=1)  # type: ignore[arg-type]
+
+
+def test_a_fallback_stack_takes_its_parts_setting(tmp_path, monkeypatch):
+    monkeypatch.delenv(direct.ENV_VARIABLE, raising=False)
+    auto, on, off = wc.MemoryCache(), wc.MemoryCache(direct=True), wc.MemoryCache(direct=False)
+    assert auto.with_fallback(wc.MemoryCache()).direct is None
+    assert auto.with_fallback(on).direct is True
+    assert on.with_fallback(off).direct is False  # off wins
+    assert wc.FallbackCache(off, off, direct=True).direct is True
+
+
+# -- which filesystems are trusted -------------------------------------------------------
+
+SQUASHFS, FUSE, NFS, CIFS, SMB2, V9FS, VFAT, EXFAT, OVERLAYFS = (
+    0x73717368,
+    0x65735546,
+    0x6969,
+    0xFF534D42,
+    0xFE534D42,
+    0x01021997,
+    0x4D44,
+    0x2011BAB0,
+    0x794C7630,
+)
+
+
+@pytest.mark.parametrize(
+    "magic, trusted",
+    [
+        (0xEF53, True),  # ext2/3/4
+        (0x58465342, True),  # xfs
+        (0x9123683E, True),  # btrfs
+        (0x01021994, True),  # tmpfs
+        (0x2FC12FC1, True),  # zfs
+        (0xF2F52010, True),  # f2fs
+        (SQUASHFS, False),
+        (FUSE, False),
+        (NFS, False),
+        (CIFS, False),
+        (SMB2, False),
+        (V9FS, False),
+        (VFAT, False),
+        (EXFAT, False),
+        (OVERLAYFS, False),
+        (None, False),  # a platform without filesystem type numbers
+    ],
+)
+def test_stamps_are_trusted_by_filesystem_type(
+    settled, tmp_path, monkeypatch, engine, magic, trusted
+):
+    asked = []
+
+    def fs_magic(path: str):  # type: ignore[no-untyped-def]
+        asked.append(path)
+        return magic
+
+    monkeypatch.setattr(direct._core, "fs_magic", fs_magic)
+    reads = Reads(monkeypatch)
+    cache = wc.FileSystemCache(tmp_path / "c")
+    for _ in range(3):
+        assert call_add(engine, cache.load_or_compile(engine, settled["g"])) == 5
+    assert reads.count == (1 if trusted else 3)
+    assert (cache.cache_dir / names.INDEX_FOLDER).exists() is trusted
+    assert asked  # asked on every call: a mount may change between two
+    direct._memory.clear()
+    forced = wc.FileSystemCache(tmp_path / "forced", direct=True)
+    for _ in range(2):
+        forced.load_or_compile(engine, settled["g"])
+    assert reads.count == (1 if trusted else 3) + 1  # direct=True trusts any filesystem
+
+
+def test_a_filesystem_that_cannot_be_asked_is_not_trusted(settled, tmp_path, monkeypatch, engine):
+    def failing(path: str):  # type: ignore[no-untyped-def]
+        raise wc.FileReadError("cannot ask", path, 5)
+
+    monkeypatch.setattr(direct._core, "fs_magic", failing)
+    reads = Reads(monkeypatch)
+    cache = wc.FileSystemCache(tmp_path / "c")
+    for _ in range(2):
+        assert call_add(engine, cache.load_or_compile(engine, settled["g"])) == 5
+    assert reads.count == 2
+
+
+def test_a_read_only_mount_is_not_trusted(settled, tmp_path, monkeypatch, engine):
+    """A read-only mount is typically an image: its times and inode numbers were chosen
+    when it was built, and another image mounted in its place can repeat them."""
+    real = os.fstatvfs
+
+    def read_only(fd: int) -> object:
+        info = real(fd)
+
+        class Info:
+            f_flag = info.f_flag | os.ST_RDONLY
+
+        return Info()
+
+    monkeypatch.setattr(direct.os, "fstatvfs", read_only)
+    reads = Reads(monkeypatch)
+    cache = wc.FileSystemCache(tmp_path / "c")
+    for _ in range(2):
+        assert call_add(engine, cache.load_or_compile(engine, settled["h"])) == 5
+    assert reads.count == 2
+
+
+# -- an explicit key ---------------------------------------------------------------------
+
+
+def test_an_explicit_key_is_used_for_a_path(settled, tmp_path, monkeypatch, engine):
+    compiles = []
+    real = base.kinds.compile
+
+    def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        compiles.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(base.kinds, "compile", counting)
+    key = wc.ModuleHash.sha256(b"a key of the caller's choosing")
+    for make in (lambda: wc.FileSystemCache(tmp_path / "c"), wc.MemoryCache):
+        compiles.clear()
+        cache = make()
+        for _ in range(3):
+            assert call_add(engine, cache.load_or_compile(engine, settled["i"], key=key)) == 5
+        assert len(compiles) == 1
+        assert cache.contains(key, engine)
+        assert not cache.contains(wc.ModuleHash.sha256(settled["i"].read_bytes()), engine)
+
+
+# -- the records of a stack --------------------------------------------------------------
+
+CHILD = textwrap.dedent(
+    """
+    import sys
+
+    import wasmtime
+
+    import wasmcache as wc
+    from wasmcache import direct
+
+
+    def no_reads(*args, **kwargs):
+        raise AssertionError("the Wasm file was read")
+
+
+    direct.read_source = no_reads
+    engine = wasmtime.Engine()
+    stack = wc.MemoryCache().with_fallback(wc.FileSystemCache(sys.argv[1]))
+    module = stack.load_or_compile(engine, sys.argv[2])
+    store = wasmtime.Store(engine)
+    print(wasmtime.Instance(store, module, []).exports(store)["add"](store, 2, 3))
+    """
+)
+
+
+def test_a_memory_and_disk_stack_keeps_records_on_disk(settled, tmp_path, engine):
+    """A new process finds the file's key in the disk tier's index: the child fails if
+    it reads the Wasm file."""
+    stack = wc.MemoryCache().with_fallback(wc.FileSystemCache(tmp_path / "c"))
+    assert call_add(engine, stack.load_or_compile(engine, settled["j"])) == 5
+    records = list((tmp_path / "c" / names.INDEX_FOLDER).iterdir())
+    assert len(records) == 1
+    child = subprocess.run(
+        [sys.executable, "-c", CHILD, str(tmp_path / "c"), str(settled["j"])],
+        capture_output=True,
+        text=True,
+    )
+    assert child.returncode == 0, child.stderr
+    assert child.stdout == "5\n"
+
+
+# -- the index under the privacy rule ----------------------------------------------------
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="plants files as another user")
+
+
+def _forged_cache(tmp_path: Path, settled: dict[str, Path], engine: wasmtime.Engine):
+    """A cache holding the forged module (add = 1337) under its own key."""
+    cache = wc.FileSystemCache(tmp_path / "c")
+    forged = settled["forged"].read_bytes()
+    key = wc.ModuleHash.sha256(forged)
+    cache.save(key, engine, wasmtime.Module(engine, forged))
+    return cache, key
+
+
+def _plant(folder: Path, source: Path, key: wc.ModuleHash, uid: int) -> Path:
+    """A record in ``folder`` mapping the stamp of ``source`` to ``key``, owned by ``uid``."""
+    stamp = direct.stamp_of(os.stat(source))
+    record = folder / direct._record_name(stamp, key.algorithm)
+    record.write_bytes(direct._record_text(stamp, key))
+    os.chown(record, uid, uid)
+    return record
+
+
+#: Who planted the record: user nobody (both rules refuse it), or root (a record that
+#: passes the entry rule: only the folder rule refuses it).
+PLANTERS = pytest.mark.parametrize("planter", ["nobody", "root"])
+
+
+def _uid(planter: str) -> int:
+    return pwd.getpwnam(planter).pw_uid
+
+
+@needs_root
+@PLANTERS
+def test_a_world_writable_index_is_not_used(
+    settled, tmp_path, engine, monkeypatch, caplog, planter
+):
+    cache, forged_key = _forged_cache(tmp_path, settled, engine)
+    index = cache.cache_dir / names.INDEX_FOLDER
+    index.mkdir()
+    index.chmod(0o777)
+    _plant(index, settled["k"], forged_key, _uid(planter))
+    reads = Reads(monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="wasmcache"):
+        for _ in range(3):
+            assert call_add(engine, cache.load_or_compile(engine, settled["k"])) == 5
+    assert reads.count == 1  # the records stayed in memory
+    assert caplog.text.count("not using direct-mode records") == 1
+    assert len(list(index.iterdir())) == 1  # nothing written there
+
+
+@needs_root
+@PLANTERS
+def test_an_index_linked_elsewhere_is_not_used(settled, tmp_path, engine, planter):
+    cache, forged_key = _forged_cache(tmp_path, settled, engine)
+    elsewhere = tmp_path / "x"
+    elsewhere.mkdir()
+    elsewhere.chmod(0o777)
+    _plant(elsewhere, settled["l"], forged_key, _uid(planter))
+    (cache.cache_dir / names.INDEX_FOLDER).symlink_to(elsewhere)
+    assert call_add(engine, cache.load_or_compile(engine, settled["l"])) == 5
+    assert len(list(elsewhere.iterdir())) == 1
+
+
+@needs_root
+@pytest.mark.parametrize("flaw", ["owner", "mode", "links"])
+def test_a_record_breaking_the_entry_rule_is_not_trusted(settled, tmp_path, engine, flaw):
+    cache, forged_key = _forged_cache(tmp_path, settled, engine)
+    index = cache.cache_dir / names.INDEX_FOLDER
+    index.mkdir(mode=0o700)
+    record = _plant(index, settled["m"], forged_key, _uid("nobody" if flaw == "owner" else "root"))
+    if flaw == "mode":
+        record.chmod(0o666)
+    if flaw == "links":
+        os.link(record, tmp_path / "second-name")
+    assert call_add(engine, cache.load_or_compile(engine, settled["m"])) == 5
+
+
+@needs_root
+def test_a_private_index_with_a_planted_record_by_root_still_hits(settled, tmp_path, engine):
+    """The control for the tests above: the same record, ours, in a private index is used."""
+    cache, forged_key = _forged_cache(tmp_path, settled, engine)
+    index = cache.cache_dir / names.INDEX_FOLDER
+    index.mkdir(mode=0o700)
+    _plant(index, settled["n"], forged_key, 0)
+    assert call_add(engine, cache.load_or_compile(engine, settled["n"])) == 1337
+
+
+def test_a_shared_group_index_may_be_group_writable(settled, tmp_path, engine, monkeypatch):
+    cache_dir = tmp_path / "c"
+    cache_dir.mkdir(mode=0o770)
+    cache_dir.chmod(0o770)
+    wc.FileSystemCache(cache_dir, shared_group=True).load_or_compile(engine, settled["a"])
+    index = cache_dir / names.INDEX_FOLDER
+    index.chmod(0o770)
+    direct._memory.clear()
+    reads = Reads(monkeypatch)
+    cache = wc.FileSystemCache(cache_dir, shared_group=True)
+    assert call_add(engine, cache.load_or_compile(engine, settled["a"])) == 5
+    assert reads.count == 0
+    index.chmod(0o777)
+    direct._memory.clear()
+    cache = wc.FileSystemCache(cache_dir, shared_group=True)
+    assert call_add(engine, cache.load_or_compile(engine, settled["a"])) == 5
     assert reads.count == 1

@@ -426,3 +426,163 @@ def test_damaged_metadata_under_a_valid_checksum_is_corrupt(cache, key, engine, 
     with pytest.raises(wc.DeserializeError, match="metadata"):
         cache.load(key, engine)
     assert not path.exists()
+
+
+# -- metadata under a schema ---------------------------------------------------------------
+
+
+def _with_metadata(path: Path, meta: bytes) -> None:
+    """Rewrite the entry at ``path`` with ``meta`` as its metadata, under a valid checksum
+    (what someone who can write the file, or a bug, could leave)."""
+    artifact, _ = split_entry(path.read_bytes())
+    payload = artifact + meta + struct.pack("<I", len(meta))
+    path.write_bytes(payload + struct.pack("<QQ", len(payload), checksum(payload)) + b"WMCACHE2")
+
+
+def _good_metadata(artifact_length: int) -> dict[str, object]:
+    return {
+        "kind": "module",
+        "source": "add.wasm",
+        "wasm_size": 41,
+        "compile_seconds": 0.5,
+        "created": 1.0,
+        "wasmtime": "1.0.0",
+        "artifact_length": artifact_length,
+        "artifact_checksum": "0123456789abcdef",
+    }
+
+
+_BAD_FIELDS = {
+    "seconds as text": {"compile_seconds": "1.5"},
+    "size as float": {"wasm_size": 1.5},
+    "size as bool": {"wasm_size": True},
+    "negative size": {"wasm_size": -1},
+    "source as number": {"source": 7},
+    "source with NUL": {"source": "a\0b"},
+    "long source": {"source": "x" * 5000},
+    "created as list": {"created": [1]},
+    "length as text": {"artifact_length": "0"},
+    "checksum as int": {"artifact_checksum": 5},
+    "short checksum": {"artifact_checksum": "abc"},
+    "kind as list": {"kind": ["module"]},
+}
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [*_BAD_FIELDS, "nested 100000 deep", "an object nested deep", "NaN", "huge integer", "array"],
+)
+def test_metadata_not_of_the_schema_is_corrupt_and_listed_as_unknown(
+    cache, key, engine, add_module, damage
+):
+    """Metadata is checked for types, bounds and nesting before use: load removes the
+    entry (DeserializeError, never RecursionError or TypeError), verify names it, and the
+    listing still shows the entry, its description unknown."""
+    import json
+
+    cache.save(key, engine, add_module)
+    path = cache.path(key, engine)
+    length = len(split_entry(path.read_bytes())[0])
+    meta = _good_metadata(length)
+    if damage in _BAD_FIELDS:
+        raw = json.dumps({**meta, **_BAD_FIELDS[damage]}).encode()
+    else:
+        good = json.dumps(meta)[1:-1]
+        raw = {
+            "nested 100000 deep": b"[" * 100_000 + b"]" * 100_000,
+            "an object nested deep": ("{" + good + ',"x":' + '{"a":' * 20000 + "1"
+            + "}" * 20001).encode(),
+            "NaN": json.dumps({**meta, "compile_seconds": float("nan")}).encode(),
+            "huge integer": ("{" + good + ',"wasm_size":' + "9" * 5000 + "}").encode(),
+            "array": b"[1, 2]",
+        }[damage]  # fmt: skip
+    if len(raw) > 1 << 16:
+        raw = raw[: 1 << 16]  # the longest metadata an entry may have
+    _with_metadata(path, raw)
+    ((found, reason),) = cache.verify_entries()
+    assert found.path == path and "metadata" in reason
+    (listed,) = cache.entries()
+    assert listed.path == path and cache.describe(listed) is None
+    with pytest.raises(wc.DeserializeError, match="metadata"):
+        cache.load(key, engine)
+    assert not path.exists()
+
+
+def test_metadata_of_the_schema_is_read_back(cache, key, engine, add_module):
+    origin = wc.Origin("add.wasm", 41, 0.25)
+    cache.save(key, engine, add_module, origin=origin)
+    (found,) = cache.entries()
+    info = cache.describe(found)
+    assert info is not None and info.kind == "module"
+    assert (info.source, info.wasm_size, info.compile_seconds) == tuple(origin)
+    assert isinstance(info.created, float) and isinstance(info.artifact_checksum, int)
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        (("add.wasm", 41, "1.5"), TypeError),
+        ((b"add.wasm", 41, 1.5), TypeError),
+        (("add.wasm", 41.0, 1.5), TypeError),
+        (("add.wasm", True, 1.5), TypeError),
+        (("add.wasm", 41, True), TypeError),
+        (("add.wasm", -1, 1.5), ValueError),
+        (("add.wasm", 41, -0.5), ValueError),
+        (("add.wasm", 41, float("nan")), ValueError),
+        (("add.wasm", 41, float("inf")), ValueError),
+        (("add.wasm", 1 << 63, 1.5), ValueError),
+        (("a\0b", 41, 1.5), ValueError),
+        (("x" * 1025, 41, 1.5), ValueError),
+    ],
+)
+def test_origin_is_validated_at_save(cache, key, engine, add_module, fields, error):
+    with pytest.raises(error):
+        wc.Origin(*fields)
+    # An Origin that bypassed its constructor is refused by save, before anything is written.
+    sneaked = wc.Origin()._replace(source=fields[0], wasm_size=fields[1], compile_seconds=fields[2])
+    with pytest.raises(error):
+        cache.save(key, engine, add_module, origin=sneaked)
+    assert not cache.path(key, engine).exists()
+    with pytest.raises(TypeError):
+        cache.save(key, engine, add_module, origin=tuple(fields))  # type: ignore[arg-type]
+
+
+def test_ls_and_stats_survive_bad_metadata(cache, key, engine, add_module):
+    import json
+
+    cache.save(key, engine, add_module, origin=wc.Origin("add.wasm", 41, 0.25))
+    path = cache.path(key, engine)
+    meta = _good_metadata(len(split_entry(path.read_bytes())[0]))
+    _with_metadata(path, json.dumps({**meta, "compile_seconds": "1.5"}).encode())
+    command = [sys.executable, "-m", "wasmcache", "--cache-dir", str(cache.cache_dir)]
+    for args in (["ls"], ["ls", "--json"], ["stats"], ["stats", "--json"]):
+        done = subprocess.run([*command, *args], capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "Traceback" not in done.stderr
+    listing = json.loads(
+        subprocess.run([*command, "ls", "--json"], capture_output=True, text=True).stdout
+    )
+    assert [row["kind"] for row in listing] == [None]  # listed, described as unknown
+
+
+# -- a cache below a regular file ------------------------------------------------------------
+
+
+def test_a_cache_path_below_a_regular_file(tmp_path, key, engine, add_module, add_wasm, caplog):
+    """ENOTDIR is a write failure, not a privacy problem."""
+    blocker = tmp_path / "file"
+    blocker.write_text("a file, not a folder")
+    folder = blocker / "cache"
+    assert wc.safefs.check_folder(str(folder)) is False
+    assert wc.safefs.check_folder(str(folder / "engine"), shared_group=True) is False
+    cache = wc.FileSystemCache(folder)
+    with pytest.raises(wc.FileWriteError) as info:
+        cache.save(key, engine, add_module)
+    assert not isinstance(info.value, wc.UnsafeCacheError)
+    assert info.value.errno == 20 and "in the way" in str(info.value)
+    with caplog.at_level(logging.WARNING, logger="wasmcache"):
+        assert call_add(engine, cache.load_or_compile(engine, add_wasm)) == 5
+    assert "cannot write" in caplog.text and "in the way" in caplog.text
+    assert "not using the cache" not in caplog.text and "privacy" not in caplog.text
+    assert "refusing" not in caplog.text
+    assert blocker.read_text() == "a file, not a folder"

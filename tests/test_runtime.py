@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import subprocess
 import sys
 import textwrap
 import time
+import weakref
 
 import pytest
 import wasmtime
@@ -150,6 +152,39 @@ def test_memory_cache(engine, add_module, key):
     assert mem.contains(key, engine)
     other = wasmtime.Engine(_config(cranelift_opt_level="none"))
     assert not mem.contains(key, other)
+
+
+def test_a_dropped_memory_cache_is_freed(engine, add_module, key):
+    """Nothing the Engine holds refers to a MemoryCache that saved one of its modules."""
+    for max_entries in (None, 2):
+        caches = []
+        for _ in range(200):
+            mem = wc.MemoryCache(max_entries=max_entries)
+            mem.save(key, engine, add_module)
+            caches.append(weakref.ref(mem))
+        del mem
+        gc.collect()
+        assert [c for c in caches if c() is not None] == []
+
+
+def test_memory_cache_lru_after_an_engine_is_gone(add_wasm, engine, add_module):
+    """The use-order slots of a dead Engine are dropped as they come up for eviction, so
+    the live entries stay within max_entries and a later Engine is served."""
+    mem = wc.MemoryCache(max_entries=2)
+    keys = [wc.ModuleHash.sha256(bytes([i])) for i in range(4)]
+    other = wasmtime.Engine()
+    gone = weakref.ref(other)
+    mem.save(keys[0], other, wasmtime.Module(other, add_wasm))
+    mem.save(keys[1], other, wasmtime.Module(other, add_wasm))
+    del other
+    gc.collect()
+    assert gone() is None and len(mem) == 0
+    mem.save(keys[2], engine, add_module)
+    mem.save(keys[3], engine, add_module)
+    mem.load(keys[2], engine)
+    mem.save(keys[0], engine, add_module)  # evicts keys[3], the least recently used
+    assert [mem.contains(k, engine) for k in keys] == [True, False, True, False]
+    assert len(mem) == 2
 
 
 def _config(**settings) -> wasmtime.Config:

@@ -546,3 +546,99 @@ def test_lzw_arguments(tmp_path):
 def test_an_empty_cache_dir_is_a_value_error():
     with pytest.raises(ValueError, match="non-empty"):
         wc.FileSystemCache("")
+
+
+# -- housekeeping under the same rule ---------------------------------------------------------
+
+
+def _refusal(action: Callable[[], object]) -> str:
+    with pytest.raises(wc.UnsafeCacheError) as info:
+        action()
+    return str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("where", "how"),
+    [
+        ("cache", "0777"),
+        ("cache", "0770"),
+        ("engine", "0777"),
+        ("engine", "link"),
+        ("index", "0777"),
+        ("index", "link"),
+    ],
+)
+def test_housekeeping_applies_the_rule_load_applies(where, how, tmp_path, key, engine, add_module):
+    """ls, verify, clear, prune and cleanup refuse a folder that breaks the rule, with the
+    message load gives, and touch nothing in it (nor through a link)."""
+    cache = wc.FileSystemCache(tmp_path / "c")
+    cache.save(key, engine, add_module)
+    record = cache.cache_dir / names.INDEX_FOLDER / ("ab" * 32)
+    record.parent.mkdir(mode=0o700)
+    record.write_bytes(b"a record")
+    target = {
+        "cache": cache.cache_dir,
+        "engine": cache.path(key, engine).parent,
+        "index": record.parent,
+    }[where]
+    if how == "link":
+        moved = tmp_path / "elsewhere"
+        target.rename(moved)
+        target.symlink_to(moved)
+    else:
+        target.chmod(int(how, 8))
+    expected = _refusal(lambda: wc.safefs.check_folder(str(target)))
+    assert str(target) in expected
+    if where != "index":  # the index folder is direct mode's: load does not read it
+        assert _refusal(lambda: wc.FileSystemCache(cache.cache_dir).load(key, engine)) == expected
+    fresh = wc.FileSystemCache(cache.cache_dir)
+    for action in (
+        fresh.entries,
+        fresh.verify_entries,
+        lambda: fresh.verify_entries(fix=True),
+        fresh.clear,
+        lambda: fresh.prune(0),
+        lambda: fresh.cleanup(0),
+    ):
+        assert _refusal(action) == expected
+    assert cache.path(key, engine).exists() and record.exists()
+
+
+def test_ls_refuses_a_world_writable_cache_as_load_does(tmp_path, key, engine, add_module):
+    cache = wc.FileSystemCache(tmp_path / "c")
+    cache.save(key, engine, add_module)
+    cache.cache_dir.chmod(0o777)
+    expected = _refusal(lambda: wc.FileSystemCache(cache.cache_dir).load(key, engine))
+    command = [sys.executable, "-m", "wasmcache", "--cache-dir", str(cache.cache_dir)]
+    for args in (["ls"], ["verify"], ["clear"], ["prune", "--max-bytes", "0"]):
+        done = subprocess.run([*command, *args], capture_output=True, text=True)
+        assert done.returncode != 0, args
+        assert "Traceback" not in done.stderr and expected in done.stderr, done.stderr
+    assert cache.path(key, engine).exists()
+
+
+@needs_root
+def test_files_of_another_user_are_not_read_nor_used(tmp_path, key, engine, add_module, caplog):
+    """An entry, a lock file and the prune stamp owned by someone else in the user's own
+    folder: not described, not locked on, not trusted for the time of the last prune."""
+    nobody = _nobody()
+    cache = wc.FileSystemCache(tmp_path / "c", max_bytes=1 << 40, prune_interval=3600)
+    cache.save(key, engine, add_module)
+    with cache.compile_lock(key, engine):
+        pass
+    path = cache.path(key, engine)
+    lock = Path(names.lock_path(str(path)))
+    stamp = cache.cache_dir / names.PRUNE_STAMP
+    stamp.touch()
+    for planted in (path, lock, stamp):
+        os.chown(planted, nobody.pw_uid, nobody.pw_gid)
+    before = stamp.stat()
+    (found,) = cache.entries()
+    assert cache.describe(found) is None  # listed, not read
+    with caplog.at_level(logging.WARNING, logger="wasmcache"):
+        with cache.compile_lock(key, engine):
+            pass
+        cache.save(wc.ModuleHash.sha256(b"other"), engine, add_module)
+    assert f"not using lock file {lock}" in caplog.text and f"uid {nobody.pw_uid}" in caplog.text
+    assert f"automatic pruning of {cache.cache_dir} skipped" in caplog.text
+    assert stamp.stat() == before  # neither touched nor made group-writable

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union
 import wasmtime
 
 from wasmcache import direct, kinds, locks
+from wasmcache.direct import Index
 from wasmcache.engine import engine_id
 from wasmcache.entry import Origin
 from wasmcache.errors import (
@@ -81,6 +82,27 @@ class ModuleCache(abc.ABC):
     def contains(self, key: ModuleHash, engine: wasmtime.Engine) -> bool:
         """Whether an entry exists for ``key`` and ``engine``."""
 
+    #: Direct mode for paths: True trusts a file's stamp on any filesystem, False reads
+    #: and hashes the file on every call, None (auto) trusts stamps where the filesystem
+    #: keeps them honest (see :mod:`wasmcache.direct`). Set from ``direct=`` and
+    #: ``WASMCACHE_DIRECT`` when a cache is made.
+    direct: Optional[bool] = None
+    #: Where this cache keeps direct-mode records on disk (None: process memory only).
+    _index: Optional[Index] = None
+
+    def _use_direct(
+        self,
+        setting: Optional[bool],
+        cache_dir: Optional[str] = None,
+        *,
+        shared_group: bool = False,
+    ) -> None:
+        """Set :attr:`direct` from a ``direct=`` argument (ValueError for a bad
+        ``WASMCACHE_DIRECT``) and keep records in ``<cache_dir>/index`` when given."""
+        self.direct = direct.setting(setting)
+        if cache_dir is not None:
+            self._index = direct.Index(cache_dir, shared_group=shared_group)
+
     #: How far compile_lock reaches: 0 = the threads of one process, 1 = the processes
     #: sharing a machine. A FallbackCache takes the lock of its widest-reaching part.
     lock_scope = 0
@@ -101,18 +123,24 @@ class ModuleCache(abc.ABC):
         the cache, or compiled and saved on a miss (or after a corrupt entry was removed).
 
         ``key`` defaults to the SHA-256 of the bytes; for a path it comes from the file's
-        stamp when the cache has seen that file unchanged before (direct mode), so a hit
-        neither reads nor hashes it. A failure to save is logged, not raised: the caller
-        still gets its module. A cache that is not private is not used at all (one warning).
+        stamp when the cache has seen that file unchanged before and trusts its stamps
+        (direct mode, see :attr:`direct`), so a hit neither reads nor hashes it. A key
+        given for a path is used as it is, for the load and the save. A failure to save
+        is logged, not raised: the caller still gets its module. A cache that is not
+        private is not used at all (one warning).
         """
         if not isinstance(engine, wasmtime.Engine):
             raise TypeError(f"expected a wasmtime.Engine, got {type(engine).__name__}")
         data: Optional[bytes] = None
         path: Optional[str] = None
+        from_stamp = False
         if isinstance(wasm, (str, os.PathLike)):
             path = os.fspath(wasm)
             if key is None:
-                key, data = direct.key_of_file(path, "sha256", self._direct_index())
+                key, data = direct.key_of_file(
+                    path, "sha256", self._direct_index(), direct=self._direct_setting()
+                )
+                from_stamp = data is None
         else:
             data = read_wasm(wasm)
             if key is None:
@@ -131,10 +159,10 @@ class ModuleCache(abc.ABC):
             if module is not None:
                 return module
             if data is None:
-                # The key came from the file's stamp: compile what the file holds now,
-                # under the key of exactly those bytes.
                 assert path is not None
                 data = read_wasm(path)
+            if from_stamp:
+                # Compile what the file holds now, under the key of exactly those bytes.
                 actual = direct.hash_bytes(data, key.algorithm)
                 if actual != key:
                     log.debug("%s changed since its stamp was taken; key %s", path, actual)
@@ -155,10 +183,14 @@ class ModuleCache(abc.ABC):
     #: Set (to the error) once this cache was found unusable for load_or_compile.
     _unusable: Optional[UnsafeCacheError] = None
 
-    def _direct_index(self) -> Optional[str]:
-        """The cache folder where direct mode keeps its records, or None for process
-        memory only."""
-        return None
+    def _direct_index(self) -> Optional[Index]:
+        """Where direct mode keeps its records now, or None for process memory only (no
+        folder, or one that breaks the privacy rule)."""
+        index = self._index
+        return index if index is not None and index.usable() else None
+
+    def _direct_setting(self) -> Optional[bool]:
+        return self.direct if self.direct is not None else direct.env_setting()
 
     def _try_load(
         self, key: ModuleHash, engine: wasmtime.Engine, kind: Optional[Kind]

@@ -17,21 +17,24 @@ from typing import Any, Callable, Optional, TypeVar, Union
 
 import wasmtime
 
-from wasmcache import direct, kinds, runner, synth
+from wasmcache import direct, kinds, options, runner, synth
 from wasmcache.base import ModuleCache, read_wasm
 from wasmcache.config import default_cache_dir
+from wasmcache.display import shown
 from wasmcache.engine import engine_id
 from wasmcache.errors import CacheError
 from wasmcache.failures import Failed, cause_lines, report
 from wasmcache.filesystem import FileSystemCache
 from wasmcache.hashing import ModuleHash
 from wasmcache.kinds import Compiled
-from wasmcache.options import engine_from_options
+from wasmcache.options import Settings
 from wasmcache.progress import elapsed
-from wasmcache.runner import RUN_OPTIONS, Guest, UsageError, guest_env
+from wasmcache.runner import Guest, GuestError, UsageError, guest_env
 
 _SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(?:i?B)?\s*", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+#: Room for the host's frames on the thread that runs a guest with a large wasm stack.
+_THREAD_STACK = 8 << 20
 
 
 T = TypeVar("T")
@@ -57,22 +60,35 @@ def human(size: float) -> str:
     return f"{size:.1f} GiB"  # pragma: no cover
 
 
-def cli_engine(args: Optional[argparse.Namespace] = None) -> wasmtime.Engine:
-    """The engine of the commands: the library's default ``wasmtime.Engine()``, or the one
-    of the ``-O``/``-W`` options (as :func:`wasmcache.options.engine_from_options` builds
-    it), so ``wasmcache compile`` fills exactly what a program's ``load_or_compile`` reads."""
-    optimize = getattr(args, "optimize", None) or []
-    wasm = getattr(args, "wasm", None) or []
+def cli_settings(args: Optional[argparse.Namespace] = None) -> Settings:
+    """The -O/-C/-W/-S options of a command, parsed as wasmtime parses them."""
     try:
-        return engine_from_options(optimize, wasm)
+        return options.parse(
+            getattr(args, "optimize", None) or [],
+            getattr(args, "wasm", None) or [],
+            getattr(args, "codegen", None) or [],
+            getattr(args, "wasi", None) or [],
+        )
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
 
 
-def interruptible(work: Callable[[], T]) -> T:
-    """Run ``work`` in a thread; Ctrl-C ends the process at once with exit code 130
-    (a compile or a guest cannot be stopped from Python; a save in progress leaves only a
-    temp file, which cleanup removes)."""
+def cli_engine(args: Optional[argparse.Namespace] = None) -> wasmtime.Engine:
+    """The engine of the commands: the library's default ``wasmtime.Engine()``, or the one
+    of the ``-O``/``-C``/``-W`` options (as :func:`wasmcache.options.engine_from_options`
+    builds it), so ``wasmcache compile`` fills exactly what a program's ``load_or_compile``
+    reads."""
+    try:
+        return options.engine_of(cli_settings(args))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def interruptible(work: Callable[[], T], stack_size: int = 0) -> T:
+    """Run ``work`` in a thread (with a stack of ``stack_size`` bytes, 0 for the default);
+    Ctrl-C ends the process at once with exit code 130 (a compile or a guest cannot be
+    stopped from Python; a save in progress leaves only a temp file, which cleanup
+    removes)."""
     outcome: dict[str, Any] = {}
 
     def call() -> None:
@@ -81,8 +97,13 @@ def interruptible(work: Callable[[], T]) -> T:
         except BaseException as exc:
             outcome["error"] = exc
 
-    worker = threading.Thread(target=call, name="wasmcache-work", daemon=True)
-    worker.start()
+    previous = threading.stack_size(stack_size) if stack_size else None
+    try:
+        worker = threading.Thread(target=call, name="wasmcache-work", daemon=True)
+        worker.start()
+    finally:
+        if previous is not None:
+            threading.stack_size(previous)
     try:
         while worker.is_alive():
             worker.join(0.05)
@@ -94,6 +115,39 @@ def interruptible(work: Callable[[], T]) -> T:
         raise outcome["error"]
     value: T = outcome["value"]
     return value
+
+
+def read_text(path: str, data: bytes) -> bytes:
+    """The binary of WebAssembly text ``data`` (read from ``path``); Failed names the file
+    (never ``<anon>``)."""
+    what = f"cannot parse {path} as WebAssembly text"
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Failed(what, ValueError(f"not valid UTF-8 (byte {exc.start})")) from None
+    try:
+        return bytes(wasmtime.wat2wasm(text))
+    except wasmtime.WasmtimeError as exc:
+        message = str(exc).replace("<anon>", path)
+        raise Failed(what, wasmtime.WasmtimeError(message)) from None
+
+
+def source_bytes(path: str) -> Optional[bytes]:
+    """What to compile for ``path``: None for a binary file (compiled from its path, so
+    direct mode applies), else the binary itself: of standard input for ``-``, of
+    WebAssembly text (told by content, not by name). Failed if it cannot be read."""
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as f:
+                if f.read(4) == b"\0asm":
+                    return None
+                f.seek(0)
+                data = f.read()
+    except OSError as exc:
+        raise Failed(f"cannot read {path}", exc) from exc
+    return data if data[:4] == b"\0asm" else read_text(path, data)
 
 
 def _compile(
@@ -118,10 +172,15 @@ def _compile(
         return cache.load_or_compile(engine, source)
 
     try:
-        with elapsed(f"compiling {os.path.basename(path)} ({size})"):
+        with elapsed(f"compiling {shown(os.path.basename(path))} ({size})"):
             return interruptible(work)
     except (wasmtime.WasmtimeError, CacheError) as exc:
         raise Failed(f"cannot compile {path}", exc) from exc
+
+
+def compile_source(cache: Optional[ModuleCache], engine: wasmtime.Engine, path: str) -> Compiled:
+    """:func:`_compile` of a binary, a text file or standard input (``-``)."""
+    return _compile(cache, engine, path, source_bytes(path))
 
 
 # -- the fleet tier and its keys ------------------------------------------------------------
@@ -180,70 +239,46 @@ def cmd_keygen(args: argparse.Namespace, cache: FileSystemCache) -> int:
 # -- commands ------------------------------------------------------------------------
 
 
-def _split_run_options(args: argparse.Namespace) -> set[str]:
-    """Take run's own -W options out of args.wasm; return the ones turned on."""
-    engine_options, run_options = [], set()
-    for option in args.wasm or []:
-        name, _, value = option.partition("=")
-        if name in RUN_OPTIONS:
-            if value.lower() in ("", "y", "yes", "true"):
-                run_options.add(name)
-        else:
-            engine_options.append(option)
-    args.wasm = engine_options
-    return run_options
-
-
-def _inherit_env(wasi_options: Sequence[str]) -> bool:
-    """The -S options: only inherit-env[=y|n] is known; anything else is a usage error."""
-    inherit = False
-    for option in wasi_options:
-        name, _, value = option.partition("=")
-        if name != "inherit-env" or value.lower() not in (
-            "",
-            "y",
-            "yes",
-            "true",
-            "n",
-            "no",
-            "false",
-        ):
-            raise UsageError(f"unknown -S option {option!r} (known: inherit-env[=y|n])")
-        inherit = value.lower() in ("", "y", "yes", "true")
-    return inherit
+def _preloads(
+    specs: Sequence[str], stack: Optional[ModuleCache], engine: wasmtime.Engine
+) -> list[tuple[str, Compiled]]:
+    """The --preload NAME=PATH modules, compiled (through the cache) in order."""
+    preloads = []
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            raise UsageError(f"--preload {spec}: must contain exactly one equals sign (NAME=PATH)")
+        compiled = compile_source(stack, engine, path)
+        if kinds.of(compiled) != "module":
+            raise Failed(f"cannot preload {path}", ValueError("components cannot be preloaded"))
+        preloads.append((name, compiled))
+    return preloads
 
 
 def cmd_run(args: argparse.Namespace, cache: FileSystemCache) -> int:
-    options = _split_run_options(args)
+    settings = cli_settings(args)
     engine = cli_engine(args)
     source = args.file
-    stack = None if args.no_cache else runtime_cache(args, cache)
+    use_cache = settings.cache and not args.no_cache
+    stack = runtime_cache(args, cache) if use_cache else None
+    env = guest_env(settings.wasi["inherit-env"], args.env or [])
+    preloads = _preloads(args.preload or [], stack, engine)
+    compiled = compile_source(stack, engine, source)
     guest = Guest(
-        source,
+        "/dev/stdin" if source == "-" else source,
         args.args,
         argv0=args.argv0,
         dirs=args.dir or [],
-        env=guest_env(_inherit_env(args.wasi or []), args.env or []),
+        env=env,
         invoke=args.invoke,
-        options=options,
-    )  # fmt: skip
-    if source.endswith(".wat"):
-        try:
-            text = Path(source).read_text()
-        except OSError as exc:
-            raise Failed(f"cannot read {source}", exc) from exc
-        try:
-            wasm = bytes(wasmtime.wat2wasm(text))
-        except wasmtime.WasmtimeError as exc:
-            raise Failed(f"cannot parse {source} as WebAssembly text", exc) from exc
-        compiled = _compile(stack, engine, source, wasm)
-    else:
-        compiled = _compile(stack, engine, source)
-    try:
-        call = runner.prepare(engine, compiled, guest)
-    except wasmtime.WasmtimeError as exc:
-        raise Failed(f"cannot instantiate {source}", exc) from exc
-    code: int = interruptible(call)
+        settings=settings,
+        preloads=preloads,
+    )
+    call = runner.prepare(engine, compiled, guest)
+    stack_size = 0
+    if settings.max_wasm_stack is not None and settings.max_wasm_stack > _THREAD_STACK // 2:
+        stack_size = settings.max_wasm_stack + _THREAD_STACK
+    code: int = interruptible(call, stack_size)
     return code
 
 
@@ -253,17 +288,23 @@ def cmd_compile(args: argparse.Namespace, cache: FileSystemCache) -> int:
     failed = 0
     for path in args.files:
         start = time.perf_counter()
-        _compile(stack, engine, path)
-        key, _ = direct.key_of_file(path, "sha256", None)
+        wasm = source_bytes(path)
+        _compile(stack, engine, path, wasm)
+        if wasm is None:
+            key, _ = direct.key_of_file(path, "sha256", None)
+        else:
+            key = ModuleHash.sha256(wasm)
         try:
             cached = cache.contains(key, engine)
         except CacheError:
             cached = False  # the warning above says why
         if not cached:
-            print(f"{path}: compiled but NOT cached (see the warning above)", file=sys.stderr)
+            print(
+                f"{shown(path)}: compiled but NOT cached (see the warning above)", file=sys.stderr
+            )
             failed += 1
             continue
-        print(f"{path}: cached ({time.perf_counter() - start:.2f} s)")
+        print(f"{shown(path)}: cached ({time.perf_counter() - start:.2f} s)")
     return 1 if failed else 0
 
 
@@ -299,7 +340,7 @@ def cmd_ls(args: argparse.Namespace, cache: FileSystemCache) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     if not rows:
-        print(f"no entries in {cache.cache_dir}")
+        print(f"no entries in {shown(cache.cache_dir)}")
         return 0
     print(
         f"{'SOURCE':<24} {'KIND':<9} {'SIZE':>10} {'COMPILE':>9} {'LAST USED':<16} "
@@ -307,7 +348,7 @@ def cmd_ls(args: argparse.Namespace, cache: FileSystemCache) -> int:
     )
     for row in rows:
         used = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["last_used"]))
-        source = row["source"] or "-"
+        source = shown(row["source"]) if row["source"] else "-"
         if len(source) > 24:
             source = "..." + source[-21:]
         print(
@@ -344,7 +385,7 @@ def cmd_stats(args: argparse.Namespace, cache: FileSystemCache) -> int:
     if args.json:
         print(json.dumps(stats, indent=2))
         return 0
-    print(f"cache folder: {stats['cache_dir']}")
+    print(f"cache folder: {shown(stats['cache_dir'])}")
     print(
         f"entries:      {_count(stats['entries'], 'entry', 'entries')} ({human(stats['bytes'])}): "
         f"{_count(stats['modules'], 'module', 'modules')}, "
@@ -353,7 +394,7 @@ def cmd_stats(args: argparse.Namespace, cache: FileSystemCache) -> int:
     print(f"compile time held: {stats['compile_seconds']:.1f} s (what a new cache would spend)")
     for name, folder in sorted(folders.items()):
         print(
-            f"  {name}: {_count(folder['entries'], 'entry', 'entries')}, "
+            f"  {shown(name)}: {_count(folder['entries'], 'entry', 'entries')}, "
             f"{human(folder['bytes'])}, {folder['compile_seconds']:.1f} s of compiling"
         )
     return 0
@@ -364,20 +405,22 @@ def cmd_verify(args: argparse.Namespace, cache: FileSystemCache) -> int:
     bad = cache.verify_entries(fix=args.fix)
     for entry, reason in bad:
         action = "removed" if args.fix else "bad"
-        print(f"{action}: {entry.path}: {reason}")
-    print(f"{checked} entries checked, {len(bad)} bad" + (" (removed)" if args.fix and bad else ""))
+        print(f"{action}: {shown(entry.path)}: {shown(reason)}")
+    removed = " (removed)" if args.fix and bad else ""
+    print(f"{_count(checked, 'entry', 'entries')} checked, {len(bad)} bad{removed}")
     return 1 if bad and not args.fix else 0
 
 
 def cmd_prune(args: argparse.Namespace, cache: FileSystemCache) -> int:
     removed = cache.prune(parse_size(args.max_bytes))
     freed = sum(e.size for e in removed)
-    print(f"removed {len(removed)} entries ({human(freed)})")
+    print(f"removed {_count(len(removed), 'entry', 'entries')} ({human(freed)})")
     return 0
 
 
 def cmd_clear(args: argparse.Namespace, cache: FileSystemCache) -> int:
-    print(f"removed {cache.clear()} entries from {cache.cache_dir}")
+    removed = _count(cache.clear(), "entry", "entries")
+    print(f"removed {removed} from {shown(cache.cache_dir)}")
     return 0
 
 
@@ -438,12 +481,46 @@ def _versions() -> str:
 def _engine_options(parser: argparse.ArgumentParser) -> None:
     """wasmtime CLI's engine options, with their names (see wasmcache.options)."""
     parser.add_argument(
-        "-O", dest="optimize", action="append", metavar="opt-level=N",
-        help="optimization: opt-level=0|1|2|s (as wasmtime run -O)",
+        "-O", "--optimize", dest="optimize", action="append", metavar="KEY[=VAL[,..]]",
+        help="optimization, e.g. opt-level=0|1|2|s (as wasmtime run -O)",
     )  # fmt: skip
     parser.add_argument(
-        "-W", dest="wasm", action="append", metavar="NAME[=y|n]",
-        help="wasm features and limits, e.g. simd=n, max-wasm-stack=N (as wasmtime run -W)",
+        "-C", "--codegen", dest="codegen", action="append", metavar="KEY[=VAL[,..]]",
+        help="codegen: cache=y|n (wasmcache's cache), parallel-compilation, ... (as wasmtime -C)",
+    )  # fmt: skip
+    parser.add_argument(
+        "-W", "--wasm", dest="wasm", action="append", metavar="KEY[=VAL[,..]]",
+        help="wasm features and limits, e.g. simd=n, max-wasm-stack=N, timeout=2s "
+        "(as wasmtime run -W)",
+    )  # fmt: skip
+
+
+def _global_options(parser: argparse.ArgumentParser, below: bool) -> None:
+    """The options every command takes, before or after its name (``below``: in a
+    subcommand, where an absent option leaves the value given before it)."""
+    default: Any = argparse.SUPPRESS if below else None
+    parser.add_argument(
+        "--cache-dir", default=default,
+        help="cache folder (default: $WASMCACHE_DIR or the user cache folder)",
+    )  # fmt: skip
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS if below else False,
+        help="debug logs, tracebacks",
+    )  # fmt: skip
+    fleet = parser.add_argument_group("shared bucket (run and compile)")
+    fleet.add_argument(
+        "--remote", metavar="s3://BUCKET/PREFIX", default=default,
+        help="also use this bucket ($WASMCACHE_REMOTE)",
+    )  # fmt: skip
+    fleet.add_argument("--endpoint", default=default, help="S3 endpoint URL ($WASMCACHE_ENDPOINT)")
+    fleet.add_argument(
+        "--signing-key", metavar="PEM", default=default,
+        help="sign uploads with this Ed25519 key file ($WASMCACHE_SIGNING_KEY: a path or PEM)",
+    )  # fmt: skip
+    fleet.add_argument(
+        "--trusted-key", metavar="PEM", action="append", default=default,
+        help="load only objects signed by this public key file (repeatable; "
+        "$WASMCACHE_TRUSTED_KEYS: paths separated by ':', or PEM)",
     )  # fmt: skip
 
 
@@ -452,34 +529,24 @@ def build_parser() -> argparse.ArgumentParser:
         prog="wasmcache",
         description="Cache of compiled WebAssembly modules and components for wasmtime.",
     )
-    parser.add_argument(
-        "--cache-dir", help="cache folder (default: $WASMCACHE_DIR or the user cache folder)"
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logs, tracebacks")
+    _global_options(parser, below=False)
     parser.add_argument("--version", action="version", version=_versions())
-    fleet = parser.add_argument_group("shared bucket (run and compile)")
-    fleet.add_argument(
-        "--remote", metavar="s3://BUCKET/PREFIX", help="also use this bucket ($WASMCACHE_REMOTE)"
-    )
-    fleet.add_argument("--endpoint", help="S3 endpoint URL ($WASMCACHE_ENDPOINT)")
-    fleet.add_argument(
-        "--signing-key",
-        metavar="PEM",
-        help="sign uploads with this Ed25519 key file ($WASMCACHE_SIGNING_KEY: a path or PEM)",
-    )
-    fleet.add_argument(
-        "--trusted-key",
-        metavar="PEM",
-        action="append",
-        help="load only objects signed by this public key file (repeatable; "
-        "$WASMCACHE_TRUSTED_KEYS: paths separated by ':', or PEM)",
-    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    run = sub.add_parser(
-        "run", help="run a WASI program as `wasmtime run` does, compiled code from the cache"
+    def command(name: str, handler: Any, text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=text, description=text)
+        _global_options(p, below=True)
+        p.set_defaults(handler=handler, parser=p)
+        return p
+
+    run = command(
+        "run", cmd_run, "run a WASI program as `wasmtime run` does, compiled code from the cache"
     )
     _engine_options(run)
+    run.add_argument(
+        "-S", "--wasi", dest="wasi", action="append", metavar="KEY[=VAL[,..]]",
+        help="WASI options: inherit-env, cli=n, preview0=n, inherit-stdin=n, ... (as wasmtime -S)",
+    )  # fmt: skip
     run.add_argument("--no-cache", action="store_true", help="compile without the cache")
     run.add_argument(
         "--dir", action="append", metavar="HOST[::GUEST]",
@@ -490,54 +557,69 @@ def build_parser() -> argparse.ArgumentParser:
         help="set a guest environment variable (without VALUE: the host's); repeatable",
     )  # fmt: skip
     run.add_argument(
-        "-S", dest="wasi", action="append", metavar="inherit-env",
-        help="WASI options: inherit-env passes the whole host environment",
+        "--invoke", metavar="NAME", help="call this export with ARGS, print its results"
+    )
+    run.add_argument(
+        "--preload", action="append", metavar="NAME=PATH",
+        help="instantiate this module first, for the main module's imports from NAME",
     )  # fmt: skip
-    run.add_argument("--invoke", metavar="NAME", help="call this export with ARGS, print results")
     run.add_argument("--argv0", help="the program name the guest sees")
-    run.add_argument("file", help="the .wasm (or .wat) file")
+    run.add_argument("file", help="the .wasm or .wat file (text or binary), - for stdin")
     run.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the program")
-    run.set_defaults(handler=cmd_run)
 
-    comp = sub.add_parser("compile", help="compile modules into the cache ahead of time")
+    comp = command("compile", cmd_compile, "compile modules into the cache ahead of time")
     _engine_options(comp)
     comp.add_argument("files", nargs="+", metavar="FILE.wasm")
-    comp.set_defaults(handler=cmd_compile)
 
     for name, handler, text in (
         ("ls", cmd_ls, "list entries"),
         ("stats", cmd_stats, "entries and bytes per engine folder"),
     ):
-        p = sub.add_parser(name, help=text)
+        p = command(name, handler, text)
         p.add_argument("--json", action="store_true", help="machine-readable output")
-        p.set_defaults(handler=handler)
 
-    verify = sub.add_parser("verify", help="check every entry's length and checksum")
+    verify = command("verify", cmd_verify, "check every entry's length and checksum")
     verify.add_argument("--fix", action="store_true", help="remove the bad entries")
-    verify.set_defaults(handler=cmd_verify)
 
-    prune = sub.add_parser("prune", help="remove least recently used entries")
+    prune = command("prune", cmd_prune, "remove least recently used entries")
     prune.add_argument(
         "--max-bytes", required=True, metavar="SIZE", help="size to shrink to, like 512M or 2G"
     )
-    prune.set_defaults(handler=cmd_prune)
 
-    clear = sub.add_parser("clear", help="remove every entry")
-    clear.set_defaults(handler=cmd_clear)
+    command("clear", cmd_clear, "remove every entry")
 
-    keygen = sub.add_parser("keygen", help="make an Ed25519 key pair for signed entries")
+    keygen = command("keygen", cmd_keygen, "make an Ed25519 key pair for signed entries")
     keygen.add_argument("--out", default=".", help="folder of the two PEM files (default: .)")
     keygen.add_argument("--name", default="wasmcache", help="file name stem (default: wasmcache)")
-    keygen.set_defaults(handler=cmd_keygen)
 
-    demo = sub.add_parser("demo", help="compile a generated module cold, then load it warm")
+    demo = command("demo", cmd_demo, "compile a generated module cold, then load it warm")
     demo.add_argument("--functions", type=int, default=16000, help=argparse.SUPPRESS)
     demo.add_argument("--data-mb", type=int, default=64, help=argparse.SUPPRESS)
-    demo.set_defaults(handler=cmd_demo)
     return parser
 
 
+_S3_EXTRA = {"obstore", "zstandard", "cryptography"}
+
+
+def _missing_extra(exc: ImportError) -> Optional[str]:
+    """One line for a missing dependency of the ``s3`` extra (None for another one)."""
+    current: Optional[BaseException] = exc
+    while current is not None:
+        name = getattr(current, "name", None)
+        if name and name.partition(".")[0] in _S3_EXTRA:
+            return (
+                f"{name.partition('.')[0]} is not installed: the shared bucket and signed "
+                'entries need the s3 extra: pip install "wasmcache[s3]"'
+            )
+        current = current.__cause__
+    return None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:  # bare `wasmcache`: say what it can do
@@ -552,15 +634,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cache = FileSystemCache(args.cache_dir or default_cache_dir())
         return handler(args, cache)
     except UsageError as exc:
-        parser.print_usage(sys.stderr)
-        print(f"wasmcache: error: {exc}", file=sys.stderr)
+        args.parser.print_usage(sys.stderr)
+        print(f"wasmcache {args.command}: error: {shown(str(exc))}", file=sys.stderr)
         return 2
     except Failed as exc:
         if args.verbose:
             raise
         report(exc.what, cause_lines(exc.cause))
         return 1
-    except (CacheError, OSError, wasmtime.WasmtimeError, ValueError) as exc:
+    except ImportError as exc:
+        line = _missing_extra(exc)
+        if args.verbose or line is None:
+            raise
+        report(line, [])
+        return 1
+    except (CacheError, OSError, wasmtime.WasmtimeError, ValueError, GuestError) as exc:
         if args.verbose:
             raise
         lines = cause_lines(exc)

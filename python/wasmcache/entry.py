@@ -15,9 +15,12 @@ artifact (what ``Module.serialize()`` writes) and an LZW stream of one (see
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import mmap
 import os
+import re
 import struct
 import time
 from typing import Any, Literal, NamedTuple, Optional, Union
@@ -37,7 +40,12 @@ TRAILER = struct.Struct("<QQ8s")
 TRAILER_SIZE = TRAILER.size
 _META_LENGTH = struct.Struct("<I")
 MAX_META = 1 << 16
-_MAX_SOURCE = 1024  # characters of a source name kept
+#: Longest source name an entry records (characters).
+MAX_SOURCE = 1024
+_MAX_VERSION = 64  # characters of a wasmtime version
+_MAX_SIZE = (1 << 63) - 1
+_MAX_DEPTH = 8  # nesting of JSON arrays and objects in metadata, however unknown
+_CHECKSUM = re.compile(r"[0-9a-f]{16}")
 
 
 class Corrupt(Exception):
@@ -50,12 +58,59 @@ class Trailer(NamedTuple):
     magic: bytes
 
 
-class Origin(NamedTuple):
-    """What the compiler knew: the source file's name, the Wasm size, the compile time."""
-
+class _OriginFields(NamedTuple):
     source: Optional[str] = None
     wasm_size: Optional[int] = None
     compile_seconds: Optional[float] = None
+
+
+class Origin(_OriginFields):
+    """What the compiler knew: the source file's name (at most 1024 characters, no NUL),
+    the Wasm size in bytes, the compile time in seconds. Checked when made and when saved:
+    TypeError for a wrong type, ValueError for a negative or non-finite number or a bad
+    name."""
+
+    __slots__ = ()
+
+    def __new__(
+        cls,
+        source: Optional[str] = None,
+        wasm_size: Optional[int] = None,
+        compile_seconds: Optional[float] = None,
+    ) -> Origin:
+        made = super().__new__(cls, source, wasm_size, compile_seconds)
+        check_origin(made)
+        return made
+
+
+def _number(value: object, name: str, *, integer: bool) -> None:
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        wanted = "an int" if integer else "a number"
+        raise TypeError(f"{name} must be {wanted} or None, not {type(value).__name__}")
+    if not math.isfinite(value) or value < 0 or value > _MAX_SIZE:
+        raise ValueError(f"{name} must be finite, not negative and below 2**63: {value!r}")
+
+
+def check_origin(origin: object) -> None:
+    """TypeError unless ``origin`` is an Origin (or None) of the right types; ValueError
+    for a negative or non-finite number, or a source name with NUL or too long."""
+    if origin is None:
+        return
+    if not isinstance(origin, Origin):
+        raise TypeError(f"origin must be an Origin or None, not {type(origin).__name__}")
+    source, wasm_size, seconds = origin
+    if source is not None:
+        if not isinstance(source, str):
+            raise TypeError(f"Origin.source must be a str or None, not {type(source).__name__}")
+        if "\0" in source:
+            raise ValueError("Origin.source must not contain NUL")
+        if len(source) > MAX_SOURCE:
+            raise ValueError(f"Origin.source is longer than {MAX_SOURCE} characters")
+    if wasm_size is not None:
+        _number(wasm_size, "Origin.wasm_size", integer=True)
+    if seconds is not None:
+        _number(seconds, "Origin.compile_seconds", integer=False)
 
 
 class Info(NamedTuple):
@@ -89,12 +144,15 @@ def checksum(payload: Buffer) -> int:
 
 def seal(artifact: Buffer, kind: Kind, origin: Optional[Origin] = None) -> Sealed:
     """The metadata block and trailer of a new entry for ``artifact``."""
+    check_origin(origin)
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
     origin = origin or Origin()
     hasher = xxhash.xxh3_64(artifact)
     artifact_checksum = hasher.intdigest()
     meta: dict[str, Any] = {
         "kind": kind,
-        "source": origin.source[-_MAX_SOURCE:] if origin.source else None,
+        "source": origin.source,
         "wasm_size": origin.wasm_size,
         "compile_seconds": origin.compile_seconds,
         "created": time.time(),
@@ -158,26 +216,97 @@ def read_info(fd: int, size: int) -> Info:
     end = size - TRAILER_SIZE - _META_LENGTH.size
     if end < 0:
         raise Corrupt("too short for its metadata")
-    (length,) = _META_LENGTH.unpack(os.pread(fd, _META_LENGTH.size, end))
+    raw_length = os.pread(fd, _META_LENGTH.size, end)
+    if len(raw_length) != _META_LENGTH.size:
+        raise Corrupt("file shrank while its metadata was read")
+    (length,) = _META_LENGTH.unpack(raw_length)
     if length > min(MAX_META, end):
         raise Corrupt(f"metadata length {length} out of range")
-    try:
-        meta = json.loads(os.pread(fd, length, end - length))
-        info = Info(
-            kind=meta["kind"],
-            source=meta.get("source"),
-            wasm_size=meta.get("wasm_size"),
-            compile_seconds=meta.get("compile_seconds"),
-            created=meta.get("created"),
-            wasmtime=meta.get("wasmtime"),
-            artifact_length=int(meta["artifact_length"]),
-            artifact_checksum=int(meta["artifact_checksum"], 16),
-        )
-    except (ValueError, TypeError, KeyError) as exc:
-        raise Corrupt(f"damaged metadata: {exc}") from None
-    if info.kind not in KINDS or info.artifact_length != end - length:
+    info = parse_info(os.pread(fd, length, end - length))
+    if info.artifact_length != end - length:
         raise Corrupt("metadata does not describe this file")
     return info
+
+
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(rb"[^\[\]{}]+")
+_DEPTH_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
+
+
+def _nesting(raw: bytes) -> int:
+    """How deep the JSON text ``raw`` nests arrays and objects, as a parser reading it
+    from the start would go before it stops (strings are skipped as JSON reads them)."""
+    if raw.count(b"[") + raw.count(b"{") <= _MAX_DEPTH:
+        return 0  # cannot nest deeper than the bound (the common case: one flat object)
+    brackets = _NOT_BRACKET.sub(b"", _STRING.sub(b"", raw))
+    return max(itertools.accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0)
+
+
+def _no_constant(name: str) -> Any:
+    raise Corrupt(f"damaged metadata: {name} is not a number")
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > 20:
+        raise Corrupt("damaged metadata: an integer of more than 20 digits")
+    return int(text)
+
+
+def _field(meta: dict[str, Any], name: str, types: tuple[type, ...], required: bool) -> Any:
+    value = meta.get(name)
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, types):
+        raise Corrupt(f"damaged metadata: {name} is {type(value).__name__}")
+    if isinstance(value, (int, float)) and (not math.isfinite(value) or value < 0):
+        raise Corrupt(f"damaged metadata: {name} is {value!r}")
+    return value
+
+
+def _text(meta: dict[str, Any], name: str, limit: int, required: bool = False) -> Optional[str]:
+    value: Optional[str] = _field(meta, name, (str,), required)
+    if value is not None and (len(value) > limit or "\0" in value):
+        raise Corrupt(f"damaged metadata: {name} is too long or holds NUL")
+    return value
+
+
+def _seconds(meta: dict[str, Any], name: str) -> Optional[float]:
+    value = _field(meta, name, (int, float), False)
+    return None if value is None else float(value)
+
+
+def parse_info(raw: bytes) -> Info:
+    """The Info in an entry's metadata block, checked against the schema: a JSON object
+    (nesting bounded before it is parsed) whose known fields have their types and bounds;
+    unknown fields are ignored. Corrupt for anything else."""
+    if _nesting(raw) > _MAX_DEPTH:
+        raise Corrupt("damaged metadata: nested too deeply")
+    try:
+        meta = json.loads(raw, parse_constant=_no_constant, parse_int=_bounded_int)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError among them
+        raise Corrupt(f"damaged metadata: {exc}") from None
+    if not isinstance(meta, dict):
+        raise Corrupt(f"damaged metadata: {type(meta).__name__}, not an object")
+    kind = _text(meta, "kind", 16, required=True)
+    if kind not in KINDS:
+        raise Corrupt(f"damaged metadata: unknown kind {kind!r}")
+    wasm_size = _field(meta, "wasm_size", (int,), False)
+    length = _field(meta, "artifact_length", (int,), True)
+    if length > _MAX_SIZE or (wasm_size is not None and wasm_size > _MAX_SIZE):
+        raise Corrupt("damaged metadata: a size out of range")
+    digest = _text(meta, "artifact_checksum", 16, required=True)
+    if digest is None or not _CHECKSUM.fullmatch(digest):
+        raise Corrupt(f"damaged metadata: artifact_checksum {digest!r}")
+    return Info(
+        kind=kind,  # one of KINDS, checked above
+        source=_text(meta, "source", MAX_SOURCE),
+        wasm_size=wasm_size,
+        compile_seconds=_seconds(meta, "compile_seconds"),
+        created=_seconds(meta, "created"),
+        wasmtime=_text(meta, "wasmtime", _MAX_VERSION),
+        artifact_length=length,
+        artifact_checksum=int(digest, 16),
+    )
 
 
 def holds(fd: int, sealed: Sealed) -> bool:

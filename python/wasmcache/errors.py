@@ -45,9 +45,11 @@ class SourceError(_PathError):
 
 
 class UnsafeCacheError(_PathError):
-    """A cache folder or file that others could have filled: owned by another user,
-    writable by group or others, a symbolic link, or a file with more than one link.
-    The message names the path, the reason and the fix; the cache is not used."""
+    """A cache folder or file that others could have filled: owned by another user (with
+    ``shared_group``: by someone outside the cache folder's group, or not in that group),
+    writable by group or others (with ``shared_group``: by others), a symbolic link, or a
+    file with more than one link. The message names the path, the reason and the fix; the
+    cache is not used."""
 
 
 class UnsafeEntryError(UnsafeCacheError):

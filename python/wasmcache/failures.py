@@ -12,6 +12,8 @@ import sys
 from collections.abc import Sequence
 from typing import Optional
 
+from wasmcache.display import shown
+
 
 class Failed(Exception):
     """A failure to report as ``what`` and the whole cause chain of ``cause``, exit 1."""
@@ -44,10 +46,11 @@ def cause_lines(exc: BaseException) -> list[str]:
 
 
 def report(what: str, causes: Sequence[str]) -> None:
-    """The error, then one line per cause (a cause's own further lines indented)."""
-    print(f"wasmcache: error: {what}", file=sys.stderr)
+    """The error, then one line per cause (a cause's own further lines indented); control
+    characters and undecodable bytes in them escaped (:func:`wasmcache.display.shown`)."""
+    print(f"wasmcache: error: {shown(what)}", file=sys.stderr)
     for cause in causes:
         first, *rest = cause.splitlines() or [""]
-        print(f"  caused by: {first}", file=sys.stderr)
+        print(f"  caused by: {shown(first)}", file=sys.stderr)
         for line in rest:
-            print(f"    {line}", file=sys.stderr)
+            print(f"    {shown(line)}", file=sys.stderr)

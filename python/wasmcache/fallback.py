@@ -10,6 +10,7 @@ from typing import Optional
 
 import wasmtime
 
+from wasmcache import direct as direct_mode
 from wasmcache.base import ModuleCache
 from wasmcache.entry import Origin
 from wasmcache.errors import CacheError, DeserializeError, NotFound
@@ -21,11 +22,25 @@ log = logging.getLogger("wasmcache")
 
 class FallbackCache(ModuleCache):
     """Loads try ``primary``, then ``fallback``; a fallback hit is saved into the primary
-    (a failed promotion is only logged). Saves go to both; contains asks both."""
+    (a failed promotion is only logged). Saves go to both; contains asks both.
 
-    def __init__(self, primary: ModuleCache, fallback: ModuleCache) -> None:
+    Direct mode keeps its records in the first part that has an on-disk index (say the
+    FileSystemCache behind a MemoryCache). ``direct`` defaults to the parts' settings:
+    off if either part turns it off, on if either turns it on, else automatic."""
+
+    def __init__(
+        self, primary: ModuleCache, fallback: ModuleCache, *, direct: Optional[bool] = None
+    ) -> None:
         self.primary = primary
         self.fallback = fallback
+        setting = direct_mode.setting(direct)
+        if direct is None:
+            parts = (primary.direct, fallback.direct)
+            if False in parts:
+                setting = False
+            elif True in parts:
+                setting = True
+        self.direct = setting
 
     def __repr__(self) -> str:
         return f"{self.primary!r}.with_fallback({self.fallback!r})"
@@ -75,6 +90,10 @@ class FallbackCache(ModuleCache):
         except CacheError as exc:
             log.warning("fallback cache %r failed for %s: %s", self.fallback, key, exc)
             return False
+
+    def _direct_index(self) -> Optional[direct_mode.Index]:
+        index = self.primary._direct_index()
+        return index if index is not None else self.fallback._direct_index()
 
     @property
     def lock_scope(self) -> int:  # type: ignore[override]

@@ -45,9 +45,15 @@ class FileSystemCache(maintenance.Housekeeping, ModuleCache):
     loss. With ``max_bytes``, saves prune the least recently used entries once the cache
     grows past it, at most once per ``prune_interval`` seconds across all processes. Legacy
     LZW entries larger than ``legacy_max_bytes``, or decoding past it, count as corrupt.
+    ``direct`` sets direct mode for paths (see :attr:`ModuleCache.direct`; None: from
+    ``WASMCACHE_DIRECT``, else by filesystem type); its records live in
+    ``<cache_dir>/index``, under the same privacy rule as the engine folders.
     """
 
     lock_scope = 1
+    #: The cache folder's group, once the folder passed the rule: with ``shared_group``
+    #: its members may own what is in the cache.
+    _gid: Optional[int] = None
     #: Hits record the time of use at most this often per entry (seconds).
     touch_interval = 60.0
 
@@ -61,6 +67,7 @@ class FileSystemCache(maintenance.Housekeeping, ModuleCache):
         prune_interval: float = 60.0,
         legacy_max_bytes: int = 1 << 30,
         shared_group: bool = False,
+        direct: Optional[bool] = None,
     ) -> None:
         if max_bytes is not None and max_bytes < 0:
             raise ValueError("max_bytes must not be negative")
@@ -78,6 +85,7 @@ class FileSystemCache(maintenance.Housekeeping, ModuleCache):
         self.legacy_max_bytes = legacy_max_bytes
         self.shared_group = shared_group
         self._private: set[str] = set()  # folders that passed the privacy rule
+        self._use_direct(direct, self._dir, shared_group=shared_group)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._dir!r}, verify={self.verify})"
@@ -111,7 +119,7 @@ class FileSystemCache(maintenance.Housekeeping, ModuleCache):
             log.debug("miss %s at %s", key, path)
             raise NotFound(f"no cache entry for {key} at {path}") from None
         try:
-            safefs.check_entry(path, info, shared_group=self.shared_group)
+            safefs.check_entry(path, info, shared_group=self.shared_group, group=self._gid)
             try:
                 shape = entry.inspect(fd, info.st_size, verify=self.verify)
                 found = entry.read_info(fd, info.st_size).kind
@@ -152,7 +160,14 @@ class FileSystemCache(maintenance.Housekeeping, ModuleCache):
             # freed in the rename); an identical entry is kept as it is.
             log.debug("%s is already saved at %s", key, path)
             return
-        safefs.write_file(path, payload, sealed.tail, self._make_folders, fsync=self.fsync)
+        safefs.write_file(
+            path,
+            payload,
+            sealed.tail,
+            self._make_folders,
+            fsync=self.fsync,
+            shared_group=self.shared_group,
+        )
         log.debug("saved %s (%d bytes) to %s", key, len(payload), path)
         if self.max_bytes is not None:
             maintenance.maybe_prune(self, self.max_bytes, self.prune_interval)
@@ -175,7 +190,7 @@ class FileSystemCache(maintenance.Housekeeping, ModuleCache):
         still checked). Honours ``fsync`` and triggers automatic pruning like a save.
         An entry of the other ``kind`` is kept, and KindMismatch raised."""
         path = self._checked_path(key, engine)
-        temp, fd = safefs.create_temp(path, self._make_folders)
+        temp, fd = safefs.create_temp(path, self._make_folders, shared_group=self.shared_group)
         try:
             try:
                 for chunk in chunks:
@@ -217,7 +232,9 @@ class FileSystemCache(maintenance.Housekeeping, ModuleCache):
         with locks.thread_lock(path):
             with contextlib.suppress(OSError):  # no folder: no lock file, the thread lock holds
                 self._make_folders(os.path.dirname(path))
-            with locks.file_lock(names.lock_path(path)):
+            with locks.file_lock(
+                names.lock_path(path), shared_group=self.shared_group, group=self._gid
+            ):
                 yield
 
     # -- internals -----------------------------------------------------------------------
@@ -233,19 +250,13 @@ class FileSystemCache(maintenance.Housekeeping, ModuleCache):
         path = self._entry_path(key, engine)
         for folder in (self._dir, os.path.dirname(path)):
             if folder not in self._private:
-                if not safefs.check_folder(folder, shared_group=self.shared_group):
+                info = safefs.folder_info(folder, shared_group=self.shared_group, group=self._gid)
+                if info is None:
                     break  # not there yet: created private by the first save
+                if folder == self._dir:
+                    self._gid = info.st_gid
                 self._private.add(folder)
         return path
-
-    def _direct_index(self) -> Optional[str]:
-        if self._dir in self._private:
-            return self._dir  # checked before (a hit's path needs no lstat more)
-        try:
-            safefs.check_folder(self._dir, shared_group=self.shared_group)
-        except UnsafeCacheError:
-            return None  # records stay in process memory
-        return self._dir
 
     def _make_folders(self, engine_dir: str) -> None:
         safefs.make_folders(self._dir, engine_dir, shared_group=self.shared_group)
@@ -256,7 +267,7 @@ class FileSystemCache(maintenance.Housekeeping, ModuleCache):
         except (OSError, FileReadError):
             return False
         try:
-            safefs.check_entry(path, os.fstat(fd), shared_group=self.shared_group)
+            safefs.check_entry(path, os.fstat(fd), shared_group=self.shared_group, group=self._gid)
             return entry.holds(fd, sealed)
         except UnsafeCacheError:
             return False

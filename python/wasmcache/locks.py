@@ -14,7 +14,8 @@ import weakref
 from collections.abc import Iterator
 from typing import Optional
 
-from wasmcache.safefs import LOCK_FLAGS, same_file
+from wasmcache.errors import UnsafeCacheError
+from wasmcache.safefs import open_lock, same_file
 
 try:
     import fcntl
@@ -70,15 +71,26 @@ def _flock_unsupported(path: str, exc: OSError) -> None:
         )
 
 
-def _locked_fd(path: str, *, block: bool) -> Optional[int]:
+def _open(path: str, *, create: bool, shared_group: bool, group: Optional[int]) -> Optional[int]:
+    try:
+        return open_lock(path, create=create, shared_group=shared_group, group=group)
+    except UnsafeCacheError as exc:
+        log.warning("not using lock file %s: %s", path, exc)
+        return None
+    except OSError:
+        return None  # no folder, read-only cache, or a planted link: no file lock
+
+
+def _locked_fd(
+    path: str, *, block: bool, shared_group: bool, group: Optional[int]
+) -> Optional[int]:
     """An fd of ``path`` holding its exclusive flock, or None if the lock cannot be had
     (held by another, with ``block`` False; or no lock file possible)."""
     assert fcntl is not None
     for _ in range(_ATTEMPTS):
-        try:
-            fd = os.open(path, LOCK_FLAGS, 0o600)
-        except OSError:
-            return None  # no folder, read-only cache, or a planted link: no file lock
+        fd = _open(path, create=True, shared_group=shared_group, group=group)
+        if fd is None:
+            return None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
         except BlockingIOError:
@@ -96,10 +108,17 @@ def _locked_fd(path: str, *, block: bool) -> Optional[int]:
 
 
 @contextlib.contextmanager
-def file_lock(path: str) -> Iterator[bool]:
+def file_lock(
+    path: str, *, shared_group: bool = False, group: Optional[int] = None
+) -> Iterator[bool]:
     """Hold an exclusive flock on ``path`` (created if missing) for the block; yields
-    whether a file lock is held (False: a read-only cache, or no flock here)."""
-    fd = _locked_fd(path, block=True) if fcntl is not None else None
+    whether a file lock is held (False: a read-only cache, or no flock here). With
+    ``shared_group``, members of ``group`` (the cache folder's) share the lock file."""
+    fd = (
+        _locked_fd(path, block=True, shared_group=shared_group, group=group)
+        if fcntl is not None
+        else None
+    )
     try:
         yield fd is not None
     finally:
@@ -108,12 +127,14 @@ def file_lock(path: str) -> Iterator[bool]:
 
 
 @contextlib.contextmanager
-def try_file_lock(path: str) -> Iterator[bool]:
+def try_file_lock(
+    path: str, *, shared_group: bool = False, group: Optional[int] = None
+) -> Iterator[bool]:
     """Take an exclusive flock on ``path`` if nobody holds it; yields whether it did."""
     if fcntl is None:
         yield True
         return
-    fd = _locked_fd(path, block=False)
+    fd = _locked_fd(path, block=False, shared_group=shared_group, group=group)
     try:
         yield fd is not None
     finally:
@@ -121,14 +142,13 @@ def try_file_lock(path: str) -> Iterator[bool]:
             os.close(fd)
 
 
-def remove_if_free(path: str) -> bool:
+def remove_if_free(path: str, *, shared_group: bool = False, group: Optional[int] = None) -> bool:
     """Unlink the lock file ``path`` if nobody holds it (taking its lock first); return
-    whether it was removed."""
+    whether it was removed. A file that breaks the rule is not a lock: left alone."""
     if fcntl is None:
         return False
-    try:
-        fd = os.open(path, (LOCK_FLAGS & ~os.O_CREAT), 0o600)
-    except OSError:
+    fd = _open(path, create=False, shared_group=shared_group, group=group)
+    if fd is None:
         return False
     try:
         try:

@@ -17,25 +17,30 @@ from wasmcache.errors import NotFound
 from wasmcache.hashing import ModuleHash
 from wasmcache.kinds import Compiled, Kind
 
+#: An entry's place in the use order: its Engine (weakly) and key.
+_Slot = tuple["weakref.ref[wasmtime.Engine]", ModuleHash]
+
 
 class MemoryCache(ModuleCache):
     """A thread-safe in-process cache keyed by (module hash, Engine object): a wasmtime
     module belongs to the Engine that made it, so another Engine, even one of equal
     settings, gets a miss here (and its own module from a disk tier behind). Engines are
-    held weakly: an Engine's modules go when it does. With ``max_entries`` only the most
-    recently used entries are kept."""
+    held weakly: an Engine's modules go when it does, and nothing an Engine holds refers
+    to the cache, so a dropped cache is freed at once. With ``max_entries`` only the most
+    recently used entries are kept. Direct mode (``direct``, see :class:`ModuleCache`)
+    keeps its records in process memory."""
 
-    def __init__(self, max_entries: Optional[int] = None) -> None:
+    def __init__(self, max_entries: Optional[int] = None, *, direct: Optional[bool] = None) -> None:
         if max_entries is not None and max_entries < 1:
             raise ValueError("max_entries must be at least 1 (or None for no bound)")
+        self._use_direct(direct)
         self.max_entries = max_entries
         self._modules: weakref.WeakKeyDictionary[
             wasmtime.Engine, collections.OrderedDict[ModuleHash, Compiled]
         ] = weakref.WeakKeyDictionary()
-        self._order: collections.OrderedDict[tuple[int, ModuleHash], None] = (
-            collections.OrderedDict()
-        )
-        # Reentrant: an Engine's finalizer may run (garbage collection) while it is held.
+        # Use order, kept only with max_entries: at most that many slots, an Engine held
+        # weakly (the slots of a dead one are dropped as they come up for eviction).
+        self._order: collections.OrderedDict[_Slot, None] = collections.OrderedDict()
         self._lock = threading.RLock()
 
     def __len__(self) -> int:
@@ -62,7 +67,8 @@ class MemoryCache(ModuleCache):
             if module is None:
                 raise NotFound(f"no cached module for {key} in memory for this engine")
             kinds.check(kind, kinds.of(module), f"the memory entry for {key}")
-            self._order.move_to_end((id(engine), key))
+            if self.max_entries is not None:
+                self._order.move_to_end((weakref.ref(engine), key))
             return module
 
     def save(
@@ -79,26 +85,20 @@ class MemoryCache(ModuleCache):
             per_engine = self._modules.get(engine)
             if per_engine is None:
                 per_engine = self._modules[engine] = collections.OrderedDict()
-                weakref.finalize(engine, self._forget, id(engine))
             per_engine[key] = module
-            self._order[(id(engine), key)] = None
-            self._order.move_to_end((id(engine), key))
             if self.max_entries is not None:
+                slot = (weakref.ref(engine), key)
+                self._order[slot] = None
+                self._order.move_to_end(slot)
                 self._evict(self.max_entries)
 
     def _evict(self, limit: int) -> None:
-        by_id = {id(e): m for e, m in self._modules.items()}
         while len(self._order) > limit:
-            (engine_key, key), _ = self._order.popitem(last=False)
-            modules = by_id.get(engine_key)
+            (engine_ref, key), _ = self._order.popitem(last=False)
+            engine = engine_ref()
+            modules = None if engine is None else self._modules.get(engine)
             if modules is not None:
                 modules.pop(key, None)
-
-    def _forget(self, engine_key: int) -> None:
-        """Drop the LRU records of an Engine that is gone (its modules went with it)."""
-        with self._lock:
-            for slot in [s for s in self._order if s[0] == engine_key]:
-                del self._order[slot]
 
     def contains(self, key: ModuleHash, engine: wasmtime.Engine) -> bool:
         self._check(key, engine)

@@ -1,21 +1,30 @@
-"""Running a WASI program as ``wasmtime run`` does: a core module's ``_start`` (or an
-``--invoke``d export), or a WASI 0.2 command component's ``wasi:cli/run``."""
+"""Running a WASI program as ``wasmtime run`` does: a core module (its ``_initialize``, then
+the ``--invoke``d export, or ``""`` or ``_start`` if it has one), or a WASI 0.2 command
+component's ``wasi:cli/run``.
+
+Exit codes as wasmtime's: the guest's ``proc_exit`` code (0 to 125), 134 for a trap (a
+timeout included), 1 for any other failure (an invalid exit status, a host error, a bad
+``--invoke`` argument).
+"""
 
 from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import wasmtime
 
-from wasmcache import kinds
+from wasmcache import invoke as values
+from wasmcache import kinds, preview0
+from wasmcache.display import shown
+from wasmcache.failures import cause_lines, report
 from wasmcache.kinds import Compiled
+from wasmcache.options import Settings
 
-#: -W options of `run` itself (wasmtime's names); every other -W configures the engine.
-RUN_OPTIONS = ("unknown-imports-trap", "unknown-imports-default")
 #: wasmtime run's exit code for a trap (128 + SIGABRT).
 TRAP_EXIT = 134
 _RUN_INTERFACE = "wasi:cli/run@0.2"
@@ -23,6 +32,10 @@ _RUN_INTERFACE = "wasi:cli/run@0.2"
 
 class UsageError(Exception):
     """A bad argument: reported with exit code 2."""
+
+
+class GuestError(Exception):
+    """A failure of the run that is not a trap (exit 1, as wasmtime)."""
 
 
 @dataclass
@@ -35,156 +48,225 @@ class Guest:
     dirs: Sequence[str] = ()  # HOST[::GUEST]
     env: list[list[str]] = field(default_factory=list)
     invoke: Optional[str] = None
-    options: set[str] = field(default_factory=set)  # RUN_OPTIONS turned on
-
-    def __post_init__(self) -> None:
-        for spec in self.dirs:  # checked before any compile
-            host = spec.partition("::")[0]
-            if not os.path.isdir(host):
-                raise UsageError(f"--dir {spec}: {host} is not a folder")
+    settings: Settings = field(default_factory=Settings)
+    preloads: Sequence[tuple[str, Compiled]] = ()
 
 
 def guest_env(inherit: bool, items: Sequence[str]) -> list[list[str]]:
-    """wasmtime run's rule: nothing from the host unless asked (-S inherit-env, --env)."""
-    env: dict[str, str] = dict(os.environ) if inherit else {}
+    """wasmtime run's rule: nothing from the host unless asked (-S inherit-env, --env);
+    every --env item is passed, in order, repeated names included."""
+    env: list[list[str]] = []
+    if inherit:
+        env = [[name, _text(value, f"environment variable {name}")] for name, value in _host_env()]
     for item in items:
         name, sep, value = item.partition("=")
         if not name:
             raise UsageError(f"--env takes NAME[=VALUE], not {item!r}")
         if sep:
-            env[name] = value
+            env.append([name, _text(value, f"--env {name}")])
         elif name in os.environ:
-            env[name] = os.environ[name]
-    return [[k, v] for k, v in env.items()]
+            env.append([name, _text(os.environ[name], f"environment variable {name}")])
+    return env
+
+
+def _host_env() -> list[tuple[str, str]]:
+    for name in os.environ:
+        _text(name, "an environment variable's name")
+    return list(os.environ.items())
+
+
+def _text(value: str, what: str) -> str:
+    """``value``, which the guest gets as UTF-8: GuestError naming ``what`` if it is not."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise GuestError(f"{what} is not valid UTF-8") from None
+    return value
 
 
 def _wasi(guest: Guest) -> wasmtime.WasiConfig:
     wasi = wasmtime.WasiConfig()
-    wasi.argv = [guest.argv0 or os.path.basename(guest.source), *guest.args]
-    wasi.inherit_stdin()
-    wasi.inherit_stdout()
-    wasi.inherit_stderr()
+    argv0 = guest.argv0 if guest.argv0 is not None else os.path.basename(guest.source)
+    wasi.argv = [_text(a, "an argument") for a in (argv0, *guest.args)]
+    flags = guest.settings.wasi
+    if flags["inherit-stdin"]:
+        wasi.inherit_stdin()
+    if flags["inherit-stdout"]:
+        wasi.inherit_stdout()
+    if flags["inherit-stderr"]:
+        wasi.inherit_stderr()
     wasi.env = guest.env
     for spec in guest.dirs:
         host, _, inside = spec.partition("::")
+        if not os.path.isdir(host):
+            raise GuestError(f"--dir {spec}: {host} is not a folder")
         wasi.preopen_dir(host, inside or host)
     return wasi
 
 
-def _typed(value: str, kind: wasmtime.ValType) -> object:
-    text = str(kind)
-    try:
-        if text in ("i32", "i64"):
-            return int(value, 0)
-        if text in ("f32", "f64"):
-            return float(value)
-    except ValueError:
-        raise UsageError(f"not a {text}: {value!r}") from None
-    raise UsageError(f"--invoke cannot pass a {text} from the command line")
-
-
-def prepare(engine: wasmtime.Engine, compiled: Compiled, guest: Guest) -> Any:
-    """Instantiate the guest; return the call that runs it to an exit code (to be run
-    where Ctrl-C cannot reach it, see :func:`wasmcache.cli.interruptible`)."""
+def prepare(engine: wasmtime.Engine, compiled: Compiled, guest: Guest) -> Callable[[], int]:
+    """The call that runs the guest to an exit code (to be run where Ctrl-C cannot reach it,
+    see :func:`wasmcache.cli.interruptible`); what it prints on failure is said there too."""
     if kinds.of(compiled) == "component":
-        return _prepare_component(engine, compiled, guest)
+        if guest.preloads:
+            raise UsageError("--preload cannot be used with components")
+        if guest.invoke is not None:
+            raise UsageError(
+                "--invoke on a component is not supported (a component runs its wasi:cli/run)"
+            )
+        return lambda: _run(
+            guest, engine, lambda store: _run_component(engine, compiled, guest, store)
+        )
     assert isinstance(compiled, wasmtime.Module)
-    return _prepare_module(engine, compiled, guest)
+    module = compiled
+    return lambda: _run(guest, engine, lambda store: _run_module(engine, module, guest, store))
 
 
-def _prepare_module(engine: wasmtime.Engine, module: wasmtime.Module, guest: Guest) -> Any:
-    linker = wasmtime.Linker(engine)
-    linker.define_wasi()
+def _store(engine: wasmtime.Engine, guest: Guest) -> wasmtime.Store:
+    settings = guest.settings
     store = wasmtime.Store(engine)
-    store.set_wasi(_wasi(guest))
-    for option, method in (
-        ("unknown-imports-trap", "define_unknown_imports_as_traps"),
-        ("unknown-imports-default", "define_unknown_imports_as_default_values"),
+    if settings.limits:
+        store.set_limits(**settings.limits)
+    if settings.fuel is not None:
+        store.set_fuel(settings.fuel)
+    if settings.timeout is not None:
+        store.set_epoch_deadline(1)
+    if settings.wasi["cli"]:
+        store.set_wasi(_wasi(guest))
+    return store
+
+
+def _run(guest: Guest, engine: wasmtime.Engine, work: Callable[[wasmtime.Store], int]) -> int:
+    """Run ``work``; the guest's exit code, or wasmtime run's for a failure, which is
+    reported (a trap's message and wasm backtrace as one block)."""
+    timer: Optional[threading.Timer] = None
+    try:
+        store = _store(engine, guest)
+        if guest.settings.timeout is not None:
+            timer = threading.Timer(guest.settings.timeout, engine.increment_epoch)
+            timer.daemon = True
+            timer.start()
+        return work(store)
+    except wasmtime.ExitTrap as exc:
+        if guest.settings.wasi["cli"]:
+            return exc.code
+        return _failed(guest, exc)
+    except wasmtime.Trap as exc:
+        return _trapped(guest, exc.message)
+    except wasmtime.WasmtimeError as exc:
+        if _is_trap(str(exc)):  # a component's trap arrives as a plain error
+            return _trapped(guest, str(exc))
+        return _failed(guest, exc)
+    except (GuestError, values.InvokeError) as exc:
+        return _failed(guest, exc)
+    finally:
+        if timer is not None:
+            timer.cancel()
+
+
+def _is_trap(message: str) -> bool:
+    """Whether a wasmtime error message is a trap's (its cause is a ``wasm trap``)."""
+    return any(line.strip().startswith("wasm trap:") for line in message.splitlines())
+
+
+def _trapped(guest: Guest, message: str) -> int:
+    """Report a trap as one block (message and wasm backtrace); wasmtime run's exit code."""
+    sys.stdout.flush()
+    what = f"failed to run {guest.source}"
+    if guest.settings.timeout is not None and "interrupt" in message:
+        what += f" (timed out after {guest.settings.timeout:g} s)"
+    lines = [f"wasmcache: error: {what}", *message.splitlines()]
+    print("\n".join(shown(line) for line in lines), file=sys.stderr)
+    return TRAP_EXIT
+
+
+def _failed(guest: Guest, exc: BaseException) -> int:
+    sys.stdout.flush()
+    report(f"failed to run {guest.source}", cause_lines(exc))
+    return 1
+
+
+def _run_module(
+    engine: wasmtime.Engine, module: wasmtime.Module, guest: Guest, store: wasmtime.Store
+) -> int:
+    settings = guest.settings
+    linker = wasmtime.Linker(engine)
+    adapter: Optional[preview0.Adapter] = None
+    if settings.wasi["cli"]:
+        linker.define_wasi()
+        if settings.wasi["preview0"] and preview0.imports_it(module):
+            adapter = preview0.Adapter(engine, store, linker, module)
+    for name, preloaded in guest.preloads:
+        assert isinstance(preloaded, wasmtime.Module)
+        linker.define_module(store, name, preloaded)
+    for wanted, method in (
+        (settings.unknown_imports_trap, "define_unknown_imports_as_traps"),
+        (settings.unknown_imports_default, "define_unknown_imports_as_default_values"),
     ):
-        if option in guest.options:
+        if wanted:
             define = getattr(linker, method, None)
             if define is None:
-                raise UsageError(f"-W {option} needs a newer wasmtime than this one")
-            define(module) if option == "unknown-imports-trap" else define(store, module)
+                raise UsageError(f"{method} needs a newer wasmtime than this one")
+            define(module) if method.endswith("traps") else define(store, module)
     instance = linker.instantiate(store, module)
     exports = instance.exports(store)
-
-    def call() -> int:
-        if guest.invoke is None:
-            start = exports.get("_start")
-            if not isinstance(start, wasmtime.Func):
-                raise UsageError(f"{guest.source} is not a WASI command (no _start export)")
-            return _exit_code(guest, lambda: start(store))
-        initialize = exports.get("_initialize")
+    if adapter is not None:
+        adapter.attach(instance)
+    initialize = exports.get("_initialize")
+    if isinstance(initialize, wasmtime.Func):
+        initialize(store)
+    if guest.invoke is not None:
         func = exports.get(guest.invoke)
         if not isinstance(func, wasmtime.Func):
-            raise UsageError(f"{guest.source} exports no function {guest.invoke!r}")
-        params = func.type(store).params
-        if len(params) != len(guest.args):
-            raise UsageError(
-                f"{guest.invoke} takes {len(params)} arguments, {len(guest.args)} given"
-            )
-        values = [_typed(v, t) for v, t in zip(guest.args, params)]
-
-        def invoke() -> None:
-            if isinstance(initialize, wasmtime.Func):
-                initialize(store)
-            result = func(store, *values)
-            for value in result if isinstance(result, list) else [result]:
-                if value is not None:
-                    print(value)
-
-        return _exit_code(guest, invoke)
-
-    return call
+            raise GuestError(f"no func export named `{guest.invoke}` found")
+    else:
+        found = exports.get("")
+        func = found if isinstance(found, wasmtime.Func) else exports.get("_start")
+        if not isinstance(func, wasmtime.Func):
+            return 0  # nothing to run: instantiating it was the run
+    _call(store, func, guest)
+    return 0
 
 
-def _prepare_component(engine: wasmtime.Engine, compiled: Compiled, guest: Guest) -> Any:
+def _call(store: wasmtime.Store, func: wasmtime.Func, guest: Guest) -> None:
+    """Call ``func`` with the arguments parsed for its parameters; print its results."""
+    ty = func.type(store)
+    params = ty.params
+    if len(guest.args) < len(params):
+        name = f"`{guest.invoke}`" if guest.invoke is not None else "command default"
+        raise GuestError(f"not enough arguments for {name}")
+    arguments = [values.parse(text, kind) for text, kind in zip(guest.args, params)]
+    result: Any = func(store, *arguments)
+    results = ty.results
+    if not results:
+        return
+    outputs = result if len(results) > 1 else [result]
+    for value, kind in zip(outputs, results):
+        print(values.format_result(value, kind))
+
+
+def _run_component(
+    engine: wasmtime.Engine, compiled: Compiled, guest: Guest, store: wasmtime.Store
+) -> int:
     from wasmtime.component import Linker
 
     component = kinds.component_class()
     assert isinstance(compiled, component)
-
-    if guest.invoke is not None:
-        raise UsageError("--invoke calls a core module's export; a component runs wasi:cli/run")
-    if "unknown-imports-default" in guest.options:
-        raise UsageError("-W unknown-imports-default applies to core modules only")
+    if guest.settings.unknown_imports_default:
+        raise GuestError("cannot use -W unknown-imports-default with components")
     linker = Linker(engine)
-    linker.add_wasip2()
-    if "unknown-imports-trap" in guest.options:
+    if guest.settings.wasi["cli"]:
+        linker.add_wasip2()
+    if guest.settings.unknown_imports_trap:
         linker.define_unknown_imports_as_traps(compiled)
-    store = wasmtime.Store(engine)
-    store.set_wasi(_wasi(guest))
     names = [n for n in compiled.type.exports(engine) if n.startswith(_RUN_INTERFACE)]
     if not names:
-        raise UsageError(f"{guest.source} is not a WASI command component (no wasi:cli/run)")
+        raise GuestError("no exported instance named `wasi:cli/run@0.2.x` found")
     instance = linker.instantiate(store, compiled)
     interface = instance.get_export_index(store, names[0])
     index = None if interface is None else instance.get_export_index(store, "run", interface)
     run = None if index is None else instance.get_func(store, index)
     if run is None:
-        raise UsageError(f"{guest.source}: {names[0]} has no run function")
-
-    def call() -> int:
-        outcome: list[Any] = []
-        code = _exit_code(guest, lambda: outcome.append(run(store)))
-        if code == 0 and outcome and getattr(outcome[0], "tag", "ok") != "ok":
-            return 1  # run returned an error: wasmtime run's exit code for it
-        return code
-
-    return call
-
-
-def _exit_code(guest: Guest, work: Any) -> int:
-    """Run ``work``; the guest's exit code, or wasmtime run's for a trap (its message and
-    wasm backtrace printed as one block)."""
-    try:
-        work()
-        return 0
-    except wasmtime.ExitTrap as exc:
-        return exc.code
-    except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
-        message = exc.message if isinstance(exc, wasmtime.Trap) else str(exc)
-        sys.stdout.flush()
-        print(f"wasmcache: error: failed to run {guest.source}\n{message}", file=sys.stderr)
-        return TRAP_EXIT
+        raise GuestError(f"{names[0]} has no run function")
+    outcome = run(store)
+    return 0 if getattr(outcome, "tag", "ok") == "ok" else 1  # `err`: exit 1, silently

@@ -1,17 +1,23 @@
 """Opening and checking files in a cache folder: never through a link, never blocking on
 a FIFO, and only what the user (or root) could have put there.
 
-The rule for a private cache: the cache folder and each engine folder is a real folder
-(not a link) owned by the user or root and not writable by group or others; an entry is a
-regular file owned by the user or root, not writable by group or others, with one link.
-With ``shared_group`` group write is allowed (others' never): everyone in the folder's
-group can then put native code into every member's processes.
+The rule for a private cache: the cache folder, each engine folder and the index folder is
+a real folder (not a link) owned by the user or root and not writable by group or others;
+a file read there (entry, index record, lock, prune stamp) is a regular file owned by the
+user or root, not writable by group or others, with one link.
+
+With ``shared_group`` the cache folder's group G is trusted too: a folder or file may be
+owned by any member of G (primary group or listed member) if it belongs to G, and may be
+group-writable if it belongs to G; nothing may be writable by others. Everyone in G can
+then put native code into every member's processes. What wasmcache creates there is made
+the group's: folders 2770 in G, entries group-readable, lock and stamp files group-writable.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import stat
@@ -56,6 +62,9 @@ def open_regular(path: str) -> tuple[int, os.stat_result]:
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise FileReadError(f"{path} is a symbolic link", path, exc.errno) from exc
+        if exc.errno == errno.ENOTDIR:
+            message = f"cannot open {path}: a file is in the way of its folder (Not a directory)"
+            raise FileReadError(message, path, exc.errno) from exc
         raise FileReadError(f"cannot open {path}: {exc.strerror}", path, exc.errno) from exc
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
@@ -68,32 +77,85 @@ def _owner_ok(info: os.stat_result) -> bool:
     return info.st_uid in (os.geteuid(), 0)
 
 
-def _forbidden_bits(shared_group: bool) -> int:
-    return stat.S_IWOTH if shared_group else stat.S_IWGRP | stat.S_IWOTH
+@functools.lru_cache(maxsize=256)
+def is_member(uid: int, gid: int) -> bool:
+    """Whether user ``uid`` belongs to group ``gid`` (as its primary group or as a listed
+    member), from the user and group databases; read once per process."""
+    import grp
+    import pwd
+
+    try:
+        user = pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    if user.pw_gid == gid:
+        return True
+    try:
+        return user.pw_name in grp.getgrgid(gid).gr_mem
+    except KeyError:
+        return False
 
 
-def check_folder(path: str, *, shared_group: bool = False) -> bool:
-    """Check a cache or engine folder against the rule; False if there is no folder there
-    (nothing yet, or a file in the way: using it fails as any write would), and
-    UnsafeCacheError (naming path, reason and fix) if it breaks the rule."""
+def _remove(kind: str) -> str:
+    return "rm -r {path}" if kind == "folder" else "rm {path}"
+
+
+def _problem(
+    info: os.stat_result, *, shared_group: bool, group: int, kind: str
+) -> Optional[tuple[str, str]]:
+    """Why a folder or file breaks the rule (reason, fix with ``{path}``), or None.
+    ``group`` is the cache folder's group (only used with ``shared_group``)."""
+    mine = _owner_ok(info)
+    if not shared_group:
+        if not mine:
+            reason = f"is owned by uid {info.st_uid}, not by this user or root"
+            if kind == "folder":
+                return reason, "use a folder of your own, or remove it: rm -r {path}"
+            return reason, _remove(kind)
+        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            fix = "chmod 700 {path}" if kind == "folder" else "chmod go-w {path}"
+            return "is writable by group or others", fix
+        return None
+    if info.st_mode & stat.S_IWOTH:
+        return "is writable by others", "chmod o-w {path}"
+    if (info.st_mode & stat.S_IWGRP or not mine) and info.st_gid != group:
+        # Group write, and trust in another member, hold for the cache folder's group only.
+        owner = "" if mine else f"is owned by uid {info.st_uid} and "
+        reason = f"{owner}belongs to group {info.st_gid}, not to the cache folder's group {group}"
+        return reason, f"chgrp {group} {{path}}" if mine else _remove(kind)
+    if not mine and not is_member(info.st_uid, group):
+        reason = (
+            f"is owned by uid {info.st_uid}, who is neither this user, root, nor a member "
+            f"of the cache folder's group {group}"
+        )
+        return reason, _remove(kind)
+    return None
+
+
+def folder_info(
+    path: str, *, shared_group: bool = False, group: Optional[int] = None
+) -> Optional[os.stat_result]:
+    """:func:`check_folder`, returning the folder's lstat (None: no folder there)."""
     try:
         info = os.lstat(path)
-    except FileNotFoundError:
-        return False
+    except (FileNotFoundError, NotADirectoryError):
+        return None  # nothing yet, or a file in the way of its path: writes fail plainly
     except OSError as exc:
         raise UnsafeCacheError(f"cannot check {path}: {exc.strerror}", path, exc.errno) from exc
     if stat.S_ISLNK(info.st_mode):
         reason, fix = "is a symbolic link", f"replace it by a real folder: rm {path}"
     elif not stat.S_ISDIR(info.st_mode):
-        return False
-    elif not _owner_ok(info):
-        reason = f"is owned by uid {info.st_uid}, not by this user or root"
-        fix = f"use a folder of your own, or remove it: rm -r {path}"
-    elif info.st_mode & _forbidden_bits(shared_group):
-        reason = f"is writable by {'others' if shared_group else 'group or others'}"
-        fix = f"chmod {'770' if shared_group else '700'} {path}"
+        return None
     else:
-        return True
+        problem = _problem(
+            info,
+            shared_group=shared_group,
+            group=info.st_gid if group is None else group,
+            kind="folder",
+        )
+        if problem is None:
+            return info
+        reason, fix = problem[0], problem[1].format(path=path)
     raise UnsafeCacheError(
         f"refusing cache folder {path}: it {reason}; anyone who can write it could run code "
         f"in this process. Fix: {fix}",
@@ -101,28 +163,85 @@ def check_folder(path: str, *, shared_group: bool = False) -> bool:
     )
 
 
-def check_entry(path: str, info: os.stat_result, *, shared_group: bool = False) -> None:
-    """Check an open entry (its fstat) against the rule; UnsafeCacheError if it breaks it."""
-    if not _owner_ok(info):
-        reason = f"is owned by uid {info.st_uid}, not by this user or root"
+def check_folder(path: str, *, shared_group: bool = False, group: Optional[int] = None) -> bool:
+    """Check a cache, engine or index folder against the rule; False if there is no folder
+    there (nothing yet, or a file in the way, here or on its path: using it fails as any
+    write would), UnsafeCacheError (naming path, reason and fix) if it breaks the rule.
+    ``group`` is the cache folder's group (default: the folder's own), which with
+    ``shared_group`` is the group whose members may own and write it."""
+    return folder_info(path, shared_group=shared_group, group=group) is not None
+
+
+def _parent_group(path: str) -> int:
+    try:
+        return os.lstat(os.path.dirname(path) or ".").st_gid
+    except OSError:
+        return -1  # no group matches
+
+
+def check_entry(
+    path: str,
+    info: os.stat_result,
+    *,
+    shared_group: bool = False,
+    group: Optional[int] = None,
+    what: str = "cache entry",
+) -> None:
+    """Check an open file in a cache folder (its fstat) against the rule: a regular file
+    with one link, its owner and mode as :func:`check_folder` asks; UnsafeEntryError if
+    it breaks it. ``group``: the cache folder's group (default: the file's folder's);
+    ``what`` names the file in the message."""
+    problem: Optional[tuple[str, str]]
+    if not stat.S_ISREG(info.st_mode):
+        problem = f"is {_kind(info.st_mode)}", "rm {path}"
     elif info.st_nlink != 1:
-        reason = f"has {info.st_nlink} links (another name could change it)"
-    elif info.st_mode & _forbidden_bits(shared_group):
-        reason = "is writable by group or others"
+        problem = f"has {info.st_nlink} links (another name could change it)", "rm {path}"
     else:
+        if shared_group and group is None:
+            group = _parent_group(path)
+        problem = _problem(
+            info, shared_group=shared_group, group=-1 if group is None else group, kind="file"
+        )
+    if problem is None:
         return
-    raise UnsafeEntryError(
-        f"refusing cache entry {path}: it {reason}. Fix: remove it (rm {path}) or run "
-        "`wasmcache verify --fix`",
-        path,
-    )
+    fix = f"remove it (rm {path})"
+    if what == "cache entry":
+        fix += " or run `wasmcache verify --fix`"
+    raise UnsafeEntryError(f"refusing {what} {path}: it {problem[0]}. Fix: {fix}", path)
+
+
+def _share(fd: int, bits: int) -> None:
+    """Give a file or folder this process just created to the group of its folder, with
+    ``bits`` (group permissions) added to what the umask left; its other bits are kept."""
+    info = os.fstat(fd)
+    if info.st_uid != os.geteuid():
+        return  # made by another process meanwhile: its owner decides
+    os.fchmod(fd, stat.S_IMODE(info.st_mode) | bits)
+
+
+def _share_folder(path: str, group: Optional[int]) -> None:
+    """Make a folder this process created the group's: its group set to ``group`` (the
+    cache folder's, when given and different), group rwx and setgid, so files made in it
+    by any member belong to the group."""
+    fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | getattr(os, "O_DIRECTORY", 0))
+    try:
+        if group is not None and os.fstat(fd).st_gid != group:
+            with contextlib.suppress(OSError):  # not a member: the rule will say so
+                os.fchown(fd, -1, group)
+        _share(fd, stat.S_IRWXG | stat.S_ISGID)
+    finally:
+        os.close(fd)
 
 
 def make_folders(cache_dir: str, engine_dir: Optional[str], *, shared_group: bool) -> None:
-    """Create the cache folder and an engine folder (0700, or 0770 when shared) when
-    missing; an existing one must be a real folder."""
+    """Create the cache folder and an engine folder when missing: 0700, or with
+    ``shared_group`` 2770 (what the umask leaves, plus group rwx and setgid) in the cache
+    folder's group. An existing one must be a real folder and is left as it is."""
     mode = 0o770 if shared_group else 0o700
+    made = not os.path.lexists(cache_dir)
     os.makedirs(cache_dir, mode=mode, exist_ok=True)
+    if made and shared_group:
+        _share_folder(cache_dir, None)
     if engine_dir is None:
         return
     try:
@@ -130,6 +249,9 @@ def make_folders(cache_dir: str, engine_dir: Optional[str], *, shared_group: boo
     except FileExistsError:
         if not stat.S_ISDIR(os.lstat(engine_dir).st_mode):
             raise
+        return
+    if shared_group:
+        _share_folder(engine_dir, os.lstat(cache_dir).st_gid)
 
 
 def same_file(path: str, opened: os.stat_result) -> bool:
@@ -141,15 +263,25 @@ def same_file(path: str, opened: os.stat_result) -> bool:
     return (current.st_dev, current.st_ino) == (opened.st_dev, opened.st_ino)
 
 
+def remove_checked(path: str, checked: os.stat_result) -> bool:
+    """Unlink ``path`` only if it still names the file that was checked (same device and
+    inode, not followed): a file renamed into place since stays. Return whether it was
+    removed; an OSError other than a missing file passes through."""
+    if not same_file(path, checked):
+        return False
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def discard(path: str, opened: os.stat_result) -> None:
     """Remove a corrupt file, unless another writer has replaced it meanwhile."""
-    if same_file(path, opened):
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            log.warning("could not remove corrupt cache entry %s: %s", path, exc)
+    try:
+        remove_checked(path, opened)
+    except OSError as exc:
+        log.warning("could not remove corrupt cache entry %s: %s", path, exc)
 
 
 def write_all(fd: int, data: memoryview) -> None:
@@ -163,34 +295,75 @@ def unlink_quietly(path: str) -> None:
         os.unlink(path)
 
 
-def read_at_most(path: str, limit: int) -> Optional[bytes]:
-    """The whole of a small regular file (never a link or FIFO), or None if it is missing,
-    unreadable or longer than ``limit``."""
+def read_at_most(
+    path: str, limit: int, *, shared_group: bool = False, group: Optional[int] = None
+) -> Optional[bytes]:
+    """The whole of a small regular file that passes the rule (:func:`check_entry`), never
+    through a link or blocking on a FIFO; None if it is missing, unreadable, breaks the
+    rule or is longer than ``limit``."""
     try:
         fd, info = open_regular(path)
     except (OSError, FileReadError):
         return None
     try:
+        check_entry(path, info, shared_group=shared_group, group=group)
         if info.st_size > limit:
             return None
         return os.pread(fd, limit + 1, 0)
-    except OSError:
+    except (OSError, UnsafeCacheError):
         return None
     finally:
         os.close(fd)
+
+
+def open_lock(
+    path: str,
+    *,
+    create: bool = True,
+    shared_group: bool = False,
+    group: Optional[int] = None,
+    what: str = "lock file",
+) -> int:
+    """An fd of the lock or stamp file ``path`` (created when missing with ``create``):
+    never through a link, never blocking; a regular file that passes the rule (with one
+    link). With ``shared_group`` a file this process creates is made group read-write
+    (0660 less what the umask takes from others), so every member can take the lock; a
+    file another member made without group write is opened read-only (flock needs no
+    more). OSError or UnsafeCacheError if it cannot be had; ``what`` names it there."""
+    flags = LOCK_FLAGS | getattr(os, "O_NONBLOCK", 0)
+    if not create:
+        flags &= ~os.O_CREAT
+    try:
+        fd = os.open(path, flags, 0o660 if shared_group else 0o600)
+    except PermissionError:
+        if not shared_group:
+            raise
+        fd = os.open(path, READ_FLAGS)
+    try:
+        info = os.fstat(fd)
+        check_entry(path, info, shared_group=shared_group, group=group, what=what)
+        if shared_group and info.st_mode & 0o060 != 0o060:
+            _share(fd, stat.S_IRGRP | stat.S_IWGRP)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 #: Attempts at creating a file whose folder a concurrent prune may remove meanwhile.
 CREATE_ATTEMPTS = 8
 
 
-def create_temp(path: str, make_folder: Callable[[str], None]) -> tuple[str, int]:
+def create_temp(
+    path: str, make_folder: Callable[[str], None], *, shared_group: bool = False
+) -> tuple[str, int]:
     """A new temp file beside ``path``, open for writing: its folder is made with
-    ``make_folder`` when missing (again if a concurrent prune removes it meanwhile)."""
+    ``make_folder`` when missing (again if a concurrent prune removes it meanwhile). With
+    ``shared_group`` it is made group-readable."""
     for attempt in range(CREATE_ATTEMPTS):
         temp = names.temp_path(path)
         try:
-            return temp, os.open(temp, CREATE_FLAGS, 0o644)
+            fd = os.open(temp, CREATE_FLAGS, 0o644)
         except FileExistsError:
             continue
         except FileNotFoundError as exc:
@@ -198,9 +371,26 @@ def create_temp(path: str, make_folder: Callable[[str], None]) -> tuple[str, int
                 raise FileWriteError(f"cannot write {path}: {exc.strerror}", path) from exc
             with contextlib.suppress(FileNotFoundError):
                 make_folder(os.path.dirname(path))
+            continue
         except OSError as exc:
-            raise FileWriteError(f"cannot write {path}: {exc.strerror}", path, exc.errno) from exc
+            raise _write_error(path, exc) from exc
+        if shared_group:
+            try:
+                _share(fd, stat.S_IRGRP)
+            except OSError as exc:
+                os.close(fd)
+                unlink_quietly(temp)
+                raise _write_error(path, exc) from exc
+        return temp, fd
     raise FileWriteError(f"cannot write {path}: no free temp name", path, errno.EEXIST)
+
+
+def _write_error(path: str, exc: OSError) -> FileWriteError:
+    if exc.errno == errno.ENOTDIR:
+        reason = "a file is in the way of its folder (Not a directory)"
+    else:
+        reason = str(exc.strerror)
+    return FileWriteError(f"cannot write {path}: {reason}", path, exc.errno)
 
 
 def write_file(
@@ -210,15 +400,22 @@ def write_file(
     make_folder: Callable[[str], None],
     *,
     fsync: bool,
+    shared_group: bool = False,
 ) -> None:
     """Write payload + trailer to ``path`` atomically (temp file + rename), its folder made
-    with ``make_folder`` when missing (again if a concurrent prune removes it meanwhile)."""
+    with ``make_folder`` when missing (again if a concurrent prune removes it meanwhile).
+    With ``shared_group`` the new file is group-readable."""
+    if shared_group:
+        _write_shared(path, payload, trailer, make_folder, fsync=fsync)
+        return
     for attempt in range(CREATE_ATTEMPTS):
         last = attempt == CREATE_ATTEMPTS - 1
         try:
             _core.atomic_write(names.temp_path(path), path, payload, trailer, fsync=fsync)
             return
         except FileWriteError as exc:
+            if exc.errno == errno.ENOTDIR and isinstance(exc.__cause__, OSError):
+                raise _write_error(path, exc.__cause__) from exc.__cause__
             if last or exc.errno not in (errno.EEXIST, errno.ENOENT):
                 raise
             if exc.errno == errno.EEXIST:
@@ -231,3 +428,32 @@ def write_file(
             raise FileWriteError(
                 f"cannot create the folder of {path}: {exc.strerror}", path, exc.errno
             ) from exc
+
+
+def _write_shared(
+    path: str,
+    payload: _core.Buffer,
+    trailer: bytes,
+    make_folder: Callable[[str], None],
+    *,
+    fsync: bool,
+) -> None:
+    """:func:`write_file` for a shared folder: the temp file is made group-readable
+    before it is written and renamed (the C writer creates files with the umask's mode)."""
+    temp, fd = create_temp(path, make_folder, shared_group=True)
+    try:
+        try:
+            with memoryview(payload) as view, view.cast("B") as flat:
+                write_all(fd, flat)
+            write_all(fd, memoryview(trailer))
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(temp, path)
+    except OSError as exc:
+        unlink_quietly(temp)
+        raise _write_error(path, exc) from exc
+    except BaseException:
+        unlink_quietly(temp)
+        raise
