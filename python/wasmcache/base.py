@@ -23,7 +23,7 @@ from wasmcache.errors import (
     UnsafeCacheError,
     UnsafeEntryError,
 )
-from wasmcache.hashing import ModuleHash
+from wasmcache.hashing import DEFAULT_ALGORITHM, ModuleHash
 from wasmcache.kinds import Compiled, Kind
 
 if TYPE_CHECKING:
@@ -138,13 +138,13 @@ class ModuleCache(abc.ABC):
             path = os.fspath(wasm)
             if key is None:
                 key, data = direct.key_of_file(
-                    path, "sha256", self._direct_index(), direct=self._direct_setting()
+                    path, DEFAULT_ALGORITHM, self._direct_index(), direct=self._direct_setting()
                 )
                 from_stamp = data is None
         else:
             data = read_wasm(wasm)
             if key is None:
-                key = ModuleHash.sha256(data)
+                key = ModuleHash.of(DEFAULT_ALGORITHM, data)
         if not isinstance(key, ModuleHash):
             raise TypeError(f"key must be a ModuleHash, not {type(key).__name__}")
         # A key from a file's stamp is of bytes already read once: their kind is the entry's.

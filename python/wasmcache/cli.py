@@ -25,7 +25,7 @@ from wasmcache.engine import engine_id
 from wasmcache.errors import CacheError
 from wasmcache.failures import Failed, cause_lines, report
 from wasmcache.filesystem import FileSystemCache
-from wasmcache.hashing import ModuleHash
+from wasmcache.hashing import DEFAULT_ALGORITHM, ModuleHash
 from wasmcache.kinds import Compiled
 from wasmcache.options import Settings
 from wasmcache.progress import elapsed
@@ -291,9 +291,9 @@ def cmd_compile(args: argparse.Namespace, cache: FileSystemCache) -> int:
         wasm = source_bytes(path)
         _compile(stack, engine, path, wasm)
         if wasm is None:
-            key, _ = direct.key_of_file(path, "sha256", None)
+            key, _ = direct.key_of_file(path, DEFAULT_ALGORITHM, None)
         else:
-            key = ModuleHash.sha256(wasm)
+            key = ModuleHash.of(DEFAULT_ALGORITHM, wasm)
         try:
             cached = cache.contains(key, engine)
         except CacheError:

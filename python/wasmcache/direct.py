@@ -243,7 +243,7 @@ def _remember(index: Optional[Index], stamp: Stamp, key: ModuleHash) -> None:
 
 
 def hash_bytes(data: bytes, algorithm: str) -> ModuleHash:
-    return ModuleHash.sha256(data) if algorithm == "sha256" else ModuleHash.xxhash(data)
+    return ModuleHash.of(algorithm, data)
 
 
 def _source_error(path: str, exc: OSError) -> SourceError:

@@ -11,6 +11,8 @@ import xxhash
 Buffer = Union[bytes, bytearray, memoryview]
 
 _DIGEST_SIZES = {"xxhash": 8, "sha256": 32}
+#: The algorithm of the keys that load_or_compile and the command line compute.
+DEFAULT_ALGORITHM = "sha256"
 _ALGORITHM_OF_LENGTH = {16: "xxhash", 64: "sha256"}
 
 
@@ -53,6 +55,15 @@ class ModuleHash:
         import hashlib  # imported on first use: slow to import
 
         return cls("sha256", hashlib.sha256(data).digest())
+
+    @classmethod
+    def of(cls, algorithm: str, data: Buffer) -> ModuleHash:
+        """The hash of ``data`` by the algorithm named ``algorithm`` ("sha256", "xxhash")."""
+        if algorithm == "sha256":
+            return cls.sha256(data)
+        if algorithm == "xxhash":
+            return cls.xxhash(data)
+        raise ValueError(f"unknown hash algorithm {algorithm!r}")
 
     @classmethod
     def xxhash_from_bytes(cls, digest: bytes) -> ModuleHash:
