@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #ifndef O_CLOEXEC
@@ -87,18 +88,21 @@ static int fsync_parent(const char *path) {
 
 int wmc_atomic_write(const char *temp, const char *target, const uint8_t *payload,
                      size_t payload_len, const uint8_t *trailer, size_t trailer_len, int flags,
-                     int *err_no) {
+                     unsigned int mode, int *err_no) {
     if (!temp || !target || !err_no || (!payload && payload_len) || (!trailer && trailer_len))
         return WMC_ERR_ARGUMENT;
     *err_no = 0;
-    if (temp[0] == '\0' || target[0] == '\0') return WMC_ERR_ARGUMENT;
+    if (temp[0] == '\0' || target[0] == '\0' || mode > 07777) return WMC_ERR_ARGUMENT;
 
     int fd = open(temp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644);
     if (fd < 0) {
         *err_no = errno;
         return WMC_ERR_OS;
     }
-    int ok = write_all(fd, payload, payload_len) == 0 && write_all(fd, trailer, trailer_len) == 0;
+    /* The umask applied at open; an explicit mode (a shared cache's group-readable files)
+     * is set on the new file before any byte is in it. */
+    int ok = mode == 0 || fchmod(fd, (mode_t)mode) == 0;
+    ok = ok && write_all(fd, payload, payload_len) == 0 && write_all(fd, trailer, trailer_len) == 0;
     if (ok && (flags & WMC_FSYNC_FILE)) ok = fsync_retry(fd) == 0;
     if (!ok) *err_no = errno;
     if (close(fd) != 0 && ok) {

@@ -58,11 +58,13 @@ void wmc_free(void *p);
 
 /* Write payload then trailer to the new file temp, created exclusively
  * (O_CREAT|O_EXCL|O_NOFOLLOW, so an existing name or a planted link is never opened),
- * then rename it over target. On failure the temp file (if created) is removed, target is
- * untouched, and *err_no holds the errno of the failing call (EEXIST: pick another temp). */
+ * then rename it over target. A non-zero mode (at most 07777) is set on the temp file
+ * before it is written (else it keeps 0644 less the umask). On failure the temp file (if
+ * created) is removed, target is untouched, and *err_no holds the errno of the failing call
+ * (EEXIST: pick another temp). */
 int wmc_atomic_write(const char *temp, const char *target, const uint8_t *payload,
                      size_t payload_len, const uint8_t *trailer, size_t trailer_len, int flags,
-                     int *err_no);
+                     unsigned int mode, int *err_no);
 
 /* Write "<dir>/<engine_id>-v<version>/<HEX>.bin" (HEX: the digest in uppercase hex)
  * into out (NUL-terminated, out_cap bytes at most); *out_len gets its length.

@@ -213,3 +213,20 @@ def test_fs_magic_failure_is_a_typed_error(tmp_path):
         _core.fs_magic(str(tmp_path / "missing" / "x"))
     assert caught.value.errno == errno.ENOENT
     assert str(tmp_path / "missing") in str(caught.value)
+
+
+def test_atomic_write_sets_an_explicit_mode_whatever_the_umask(tmp_path):
+    target = str(tmp_path / "entry.bin")
+    old = os.umask(0o077)
+    try:
+        _core.atomic_write(target + ".tmp", target, b"payload", b"tail")
+        assert os.stat(target).st_mode & 0o777 == 0o600  # 0644 less the umask
+        _core.atomic_write(target + ".tmp", target, b"payload", b"tail", mode=0o640)
+        assert os.stat(target).st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)
+    with open(target, "rb") as f:
+        assert f.read() == b"payloadtail"
+    with pytest.raises(ValueError):
+        _core.atomic_write(target + ".tmp", target, b"x", b"", mode=0o10000)
+    assert sorted(os.listdir(tmp_path)) == ["entry.bin"]

@@ -128,17 +128,27 @@ def lzw_encode(data: Buffer) -> bytes:
 
 
 def atomic_write(
-    temp: str, target: str, payload: Buffer, trailer: bytes, *, fsync: bool = False
+    temp: str,
+    target: str,
+    payload: Buffer,
+    trailer: bytes,
+    *,
+    fsync: bool = False,
+    mode: int = 0,
 ) -> None:
     """Write payload + trailer to the new file ``temp`` (never an existing name or a
-    link), then rename it over ``target``. Raises FileWriteError (``errno`` set; EEXIST
+    link), then rename it over ``target``. A non-zero ``mode`` is set on the file before
+    it is written (else 0644 less the umask). Raises FileWriteError (``errno`` set; EEXIST
     means pick another temp name); no temp file is left behind then."""
+    if not 0 <= mode <= 0o7777:
+        raise ValueError(f"mode {mode:#o} is not a file mode")
     err_no = ffi.new("int *")
     flags = (lib.WMC_FSYNC_FILE | lib.WMC_FSYNC_DIR) if fsync else 0
     with _buffer(payload, "payload") as body, _buffer(trailer, "trailer") as tail:
         status = lib.wmc_atomic_write(
-            os.fsencode(temp), os.fsencode(target), body, len(body), tail, len(tail), flags, err_no
-        )
+            os.fsencode(temp), os.fsencode(target), body, len(body), tail, len(tail), flags,
+            mode, err_no,
+        )  # fmt: skip
     _check(status, what=f"writing {target}", path=target, err_no=err_no[0])
 
 
