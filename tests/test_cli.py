@@ -590,5 +590,11 @@ def test_max_wasm_stack_above_the_async_stack_never_aborts(hello, env):
     assert isinstance(engine, wasmtime.Engine)
     wasmcache("compile", "-W", "max-wasm-stack=5242880", hello, env=env, check_code=0)
     wasmcache("run", "-W", "max-wasm-stack=5242880", hello, env=env, check_code=41)
-    with pytest.raises(ValueError, match="wasmtime refuses"):
+    try:
         engine_from_options([], ["gc=y,reference-types=n"])
+    except ValueError as exc:  # wasmtime 40 and later refuse it; older ones take it
+        assert "wasmtime refuses" in str(exc)
+    else:
+        from importlib.metadata import version
+
+        assert int(version("wasmtime").split(".")[0]) < 40
