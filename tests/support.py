@@ -331,7 +331,7 @@ class Seaweed:
             self.resume()
             self.process.terminate()
             try:
-                self.process.wait(timeout=15)
+                self.process.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
@@ -424,6 +424,40 @@ def split_entry(data: bytes) -> tuple[bytes, dict[str, object]]:
     artifact = data[: -28 - meta_length]
     assert meta["artifact_length"] == len(artifact)
     return artifact, meta
+
+
+# -- remote objects --------------------------------------------------------------------------
+
+
+def split_object(data: bytes) -> tuple[dict[str, object], bytes]:
+    """The JSON header and the body of a remote object (of any WMCOBJ version)."""
+    import json
+    import struct
+
+    assert data[:6] == b"WMCOBJ" and data[7:8] == b"\n", data[:8]
+    (size,) = struct.unpack_from("<I", data, 8)
+    return json.loads(data[12 : 12 + size]), data[12 + size :]
+
+
+def join_object(header: object, body: bytes, magic: bytes = b"WMCOBJ3\n") -> bytes:
+    """A remote object of ``header`` (a JSON value, or its text as bytes) and ``body``."""
+    import json
+    import struct
+
+    text = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return magic + struct.pack("<I", len(text)) + text + body
+
+
+def object_entry(data: bytes) -> bytes:
+    """The entry a WMCOBJ3 object holds, decoded as its manifest says."""
+    import zstandard
+
+    header, body = split_object(data)
+    manifest = header["manifest"]
+    assert isinstance(manifest, dict)
+    if manifest["encoding"] == "zstd":
+        return bytes(zstandard.ZstdDecompressor().decompress(body))
+    return body
 
 
 # -- components ----------------------------------------------------------------------------

@@ -3,23 +3,27 @@ objects, leases that survive a dead holder, and a server that dies or stalls mid
 
 from __future__ import annotations
 
-import json
+import bisect
+import logging
+import math
 import os
+import random
 import signal
-import struct
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import wasmtime
+import xxhash
 
 import support
 import wasmcache as wc
 from conftest import call_add
-from wasmcache import names, remote, synth, transfer
+from wasmcache import names, remote, synth
 from wasmcache.signing import generate_pem_pair
 
 pytest.importorskip("obstore")
@@ -157,10 +161,10 @@ def test_unsigned_objects_are_refused_where_keys_are_required(
     assert call_add(engine, machine(seaweed, tmp_path, "lax", prefix).load(key, engine)) == 5
 
 
-def test_todays_format_objects_still_load_unless_keys_are_required(
+def test_bare_entries_of_0_1_still_load_unless_keys_are_required(
     seaweed, tmp_path, engine, add_module, key, pems, prefix
 ):
-    """An object as the previous release wrote it: the entry itself, uncompressed."""
+    """An object as wasmcache 0.1 wrote it: the entry itself, uncompressed."""
     cache = machine(seaweed, tmp_path, "old", prefix)
     cache.local.save(key, engine, add_module)
     support.s3_client(seaweed.endpoint).put_object(
@@ -185,24 +189,15 @@ def _put(server, name: str, data: bytes) -> None:
     support.s3_client(server.endpoint).put_object(Bucket=server.bucket, Key=name, Body=data)
 
 
-def _split(data: bytes) -> tuple[dict, bytes]:
-    start = len(transfer.OBJECT_MAGIC) + 4
-    (size,) = struct.unpack_from("<I", data, len(transfer.OBJECT_MAGIC))
-    return json.loads(data[start : start + size]), data[start + size :]
-
-
-def _join(header: dict, body: bytes) -> bytes:
-    text = json.dumps(header).encode()
-    return transfer.OBJECT_MAGIC + struct.pack("<I", len(text)) + text + body
-
-
 def test_a_tampered_signed_object_is_refused_and_nothing_kept(
     seaweed, tmp_path, engine, pems, prefix
 ):
-    import xxhash
+    import hashlib
+
     import zstandard
 
     from wasmcache.entry import MAGIC, TRAILER
+    from wasmcache.errors import RemoteCorrupt
 
     wasm = synth.data_module(0, functions=300, seed=5)  # compressible: sent with zstd
     key = wc.ModuleHash.sha256(wasm)
@@ -210,24 +205,29 @@ def test_a_tampered_signed_object_is_refused_and_nothing_kept(
     signer.save(key, engine, wasmtime.Module(engine, wasm))
     name = signer.object_key(key, engine)
     original = _object(seaweed, name)
-    header, body = _split(original)
-    entry = bytearray(zstandard.ZstdDecompressor().decompress(body))
+    header, _ = support.split_object(original)
+    entry = bytearray(support.object_entry(original))
     entry[5000] ^= 0xFF  # inside the code
     payload = bytes(entry[:-24])
-    checksum = xxhash.xxh3_64_intdigest(payload)
-    forged_entry = payload + TRAILER.pack(len(payload), checksum, MAGIC)
-    header["manifest"]["checksum"] = checksum  # recomputed: the signature no longer fits
-    _put(seaweed, name, _join(header, zstandard.ZstdCompressor().compress(forged_entry)))
+    forged = payload + TRAILER.pack(len(payload), xxhash.xxh3_64_intdigest(payload), MAGIC)
+    body = zstandard.ZstdCompressor().compress(forged)
+    # Every manifest field recomputed for the new content: the signature no longer fits.
+    header["manifest"]["entry_digest"] = hashlib.sha256(forged).hexdigest()
+    header["manifest"]["encoded_length"] = len(body)
+    _put(seaweed, name, support.join_object(header, body))
     worker = machine(seaweed, tmp_path, "worker", prefix, trusted_keys=[pems["ci.pub"]])
     with pytest.raises(wc.SignatureError, match="invalid signature"):
         worker.load(key, engine)
     assert local_files(worker) == []
-    # Without signatures, a payload that does not match its (unchanged) checksum is caught
-    # while streaming, and nothing is kept either.
-    header, _ = _split(original)
-    _put(seaweed, name, _join(header, zstandard.ZstdCompressor().compress(bytes(entry))))
+    # Without signatures, content that does not match its (unchanged) digest is caught
+    # while streaming, before its last piece is written, and nothing is kept either.
+    header, _ = support.split_object(original)
+    del header["signer"], header["signature"]
+    body = zstandard.ZstdCompressor().compress(bytes(entry))
+    header["manifest"]["encoded_length"] = len(body)
+    _put(seaweed, name, support.join_object(header, body))
     lax = machine(seaweed, tmp_path, "lax", prefix)
-    with pytest.raises(wc.DeserializeError):
+    with pytest.raises(RemoteCorrupt, match="SHA-256"):
         lax.load(key, engine)
     assert local_files(lax) == []
 
@@ -386,6 +386,266 @@ def test_a_released_lease_is_free_and_a_lost_one_is_not_released(
     assert remote._obstore().head(a._store, name)["size"] == 0
 
 
+# -- a waiter's bound and manners, on a virtual clock -------------------------------------------
+
+
+class VirtualFleet:
+    """One lease object on a virtual clock, as a waiter's Lease sees it through HEAD and
+    PUT: a holder that renews it every heartbeat (plus up to a tenth of one, a put's
+    latency) until ``dies_at``, or frees it at ``releases_at``; requests fail during
+    ``outage``. Stands in for obstore and for the lease module's clock."""
+
+    def __init__(self, heartbeat, *, dies_at=math.inf, releases_at=math.inf, outage=(0, 0),
+                 error=None, seed=0):  # fmt: skip
+        from obstore import exceptions as ox
+
+        self.ox = ox
+        self.now = 0.0
+        self.heartbeat = heartbeat
+        self.releases_at = releases_at
+        self.outage = outage
+        self.error = error or ox.GenericError("503 Slow Down")
+        rng = random.Random(seed)
+        self.renewals = [0.0]
+        while self.renewals[-1] < min(dies_at, releases_at, 2000 * heartbeat):
+            self.renewals.append(self.renewals[-1] + heartbeat * (1 + rng.uniform(0, 0.1)))
+        self.renewals = [t for t in self.renewals if t <= dies_at]
+        self.taken: tuple[str, int] | None = None
+        self.taken_at: float | None = None
+        self.requests: list[tuple[float, str]] = []
+
+    # the clock
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds >= 0
+        self.now += seconds
+        assert self.now < 10_000 * self.heartbeat, "the waiter waits without end"
+
+    # the store
+    def _state(self) -> tuple[str, int]:
+        if self.taken is not None:
+            return self.taken
+        if self.now >= self.releases_at:
+            return "released", 0
+        return f"beat-{bisect.bisect_right(self.renewals, self.now)}", 60
+
+    def _request(self, what: str) -> None:
+        self.requests.append((self.now, what))
+        if self.outage[0] <= self.now < self.outage[1]:
+            raise self.error
+
+    def head(self, store, name):
+        self._request("head")
+        etag, size = self._state()
+        return {"e_tag": etag, "size": size}
+
+    def put(self, store, name, body, mode):
+        self._request("put")
+        if self.taken is not None and self.taken_at is not None:
+            return {"e_tag": "renewed"}  # the waiter's own renewals, after it took over
+        if mode == "create":
+            raise self.ox.AlreadyExistsError("exists")
+        if mode["e_tag"] != self._state()[0]:
+            raise self.ox.PreconditionError("changed")
+        self.taken, self.taken_at = ("waiter", len(body)), self.now
+        return {"e_tag": "waiter"}
+
+    def waiter(self, monkeypatch, *, poll=0.1, wait=None, done=lambda fleet: False):
+        """Run a waiter's acquire on this fleet; (held, the virtual time it returned)."""
+        from wasmcache import lease
+
+        monkeypatch.setattr(lease, "_obstore", lambda: self)
+        monkeypatch.setattr(lease, "time", self)
+        waiter = lease.Lease(None, "k.lease", self.heartbeat, poll, wait)
+        held = waiter.acquire(lambda: done(self))
+        waiter._stop.set()  # no renewals (they would run on the real clock)
+        return held, self.now
+
+
+def _heads(fleet: VirtualFleet, start: float, end: float) -> int:
+    return sum(1 for t, what in fleet.requests if what == "head" and start <= t < end)
+
+
+@pytest.mark.parametrize("heartbeat", [1.0, 5.0])
+@pytest.mark.parametrize("seed", range(5))
+def test_a_waiter_looks_about_twice_a_heartbeat_and_takes_a_dead_lease_within_two(
+    monkeypatch, heartbeat, seed
+):
+    random.seed(seed)
+    dies_at = 60.3 * heartbeat
+    fleet = VirtualFleet(heartbeat, dies_at=dies_at, seed=seed)
+    held, _ = fleet.waiter(monkeypatch, wait=1000 * heartbeat)
+    assert held
+    last_renewal = fleet.renewals[-1]
+    assert fleet.taken_at is not None
+    assert fleet.taken_at - last_renewal < 2 * heartbeat
+    # Steady state: HEADs only, about two per heartbeat; under one per second from a 2 s
+    # heartbeat up (here the default 5 s).
+    heads = _heads(fleet, 5 * heartbeat, last_renewal)
+    span = last_renewal - 5 * heartbeat
+    assert span / heartbeat < heads <= 3 * span / heartbeat
+    if heartbeat >= 2:
+        assert heads <= span
+    puts = [t for t, what in fleet.requests if what == "put"]
+    assert puts[0] == 0.0 and all(t >= last_renewal for t in puts[1:])  # create, takeover
+
+
+def test_a_lease_renewed_forever_is_waited_for_a_bounded_time(monkeypatch):
+    fleet = VirtualFleet(1.0)
+    held, returned = fleet.waiter(monkeypatch)  # the default bound: 40 heartbeats
+    assert not held
+    assert 40.0 <= returned < 40.5
+    assert fleet.taken is None
+
+
+def test_store_errors_while_waiting_are_retried_then_bounded(monkeypatch):
+    # A short outage: retried with backoff, no takeover of the live lease afterwards, and
+    # the entry is found once the holder frees the lease.
+    fleet = VirtualFleet(1.0, outage=(3.0, 9.0), releases_at=15.0)
+    held, returned = fleet.waiter(monkeypatch, done=lambda f: f.now >= 15.0)
+    assert not held and 15.0 <= returned < 16.0 and fleet.taken is None
+    during = _heads(fleet, 3.0, 9.0)
+    assert 4 <= during <= 15  # backed off: from 0.1 s doubling to a heartbeat
+    # An outage that lasts: the waiter gives up at its bound, and never raises.
+    fleet = VirtualFleet(1.0, outage=(1.0, math.inf))
+    held, returned = fleet.waiter(monkeypatch, wait=10.0)
+    assert not held and 10.0 <= returned < 11.0
+    # A refusal will not pass: raised at once (the caller compiles on its own).
+    from obstore import exceptions as ox
+
+    fleet = VirtualFleet(1.0, outage=(1.0, math.inf), error=ox.PermissionDeniedError("no"))
+    with pytest.raises(ox.PermissionDeniedError):
+        fleet.waiter(monkeypatch, wait=10.0)
+    assert fleet.now < 2.0
+
+
+# -- a waiter's bound against a real store -------------------------------------------------------
+
+
+def _rewriter(seaweed, name: str, started: threading.Event, stop: threading.Event) -> None:
+    """Someone else, rewriting the lease object every 0.5 s."""
+    client = support.s3_client(seaweed.endpoint)
+    beat = 0
+    while not stop.is_set():
+        beat += 1
+        client.put_object(Bucket=seaweed.bucket, Key=name, Body=f"beat {beat}".encode())
+        started.set()
+        stop.wait(0.5)
+
+
+def _within(seconds: float, call):
+    """``call()``'s result; fails (instead of hanging the suite) if it does not return
+    within ``seconds``, a watchdog far beyond any bound under test."""
+    result = []
+    thread = threading.Thread(target=lambda: result.append(call()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert result, f"still waiting after {seconds} s"
+    return result[0]
+
+
+def _count_requests(monkeypatch) -> list[tuple[str, str]]:
+    """(operation, object name) of every obstore request but a lease holder's renewals."""
+    import obstore
+
+    requests: list[tuple[str, str]] = []
+    for operation in ("head", "put", "get", "get_range"):
+        real = getattr(obstore, operation)
+
+        def counted(store, name, *args, _real=real, _operation=operation, **kwargs):
+            if threading.current_thread().name != "wasmcache-lease":
+                requests.append((_operation, name))
+            return _real(store, name, *args, **kwargs)
+
+        monkeypatch.setattr(obstore, operation, counted)
+    return requests
+
+
+@pytest.mark.parametrize("holder", ["rewriter", "stuck"])
+def test_a_lease_that_never_frees_bounds_the_wait(
+    seaweed, tmp_path, engine, prefix, monkeypatch, caplog, holder
+):
+    """An object someone else rewrites every 0.5 s, or a holder whose heartbeat lives while
+    its compile is stuck: the waiter gives up after lease_wait and compiles for itself."""
+    from wasmcache.lease import Lease
+
+    wasm = synth.data_module(0, functions=20, seed=51)
+    key = wc.ModuleHash.sha256(wasm)
+    heartbeat, lease_wait = 1.0, 3.0
+    waiter = machine(seaweed, tmp_path, "waiter", prefix, heartbeat=heartbeat,
+                     poll_seconds=0.1, lease_wait=lease_wait)  # fmt: skip
+    assert machine(seaweed, tmp_path, "m", prefix, heartbeat=1.0).lease_wait == 40.0
+    name = waiter.object_key(key, engine, lease=True)
+    started, stop = threading.Event(), threading.Event()
+    if holder == "rewriter":
+        args = (seaweed, name, started, stop)
+        threading.Thread(target=_rewriter, args=args, daemon=True).start()
+        assert started.wait(30)
+    else:
+        stuck = Lease(waiter._store, name, heartbeat, 0.1)
+        assert stuck.acquire(lambda: False)
+    requests = _count_requests(monkeypatch)
+    stack = waiter.local.with_fallback(waiter)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="wasmcache"):
+            start = time.monotonic()
+            module = _within(120, lambda: stack.load_or_compile(engine, wasm, key=key))
+            waited = time.monotonic() - start
+        lease_requests = [op for op, n in requests if n == name]
+    finally:
+        stop.set()
+        if holder == "stuck":
+            stuck.release()
+    assert call_add(engine, module) == 5
+    assert waited >= lease_wait
+    assert "gave up waiting for compile lease" in caplog.text
+    assert waiter.contains(key, engine)  # and saved it for the fleet
+    # Manners: HEADs of the lease while it lives (about two a heartbeat), one create.
+    assert lease_requests.count("put") == 1 and lease_requests[0] == "put"
+    assert set(lease_requests[1:]) == {"head"}
+    assert len(lease_requests) - 1 <= 3 * lease_wait / heartbeat + 6
+
+
+def test_store_errors_while_waiting_are_not_a_herd(seaweed, tmp_path, engine, prefix, monkeypatch):
+    """A throttling store while another machine compiles: the waiter retries, and gets the
+    entry once the holder is done, instead of compiling too."""
+    import obstore
+    from obstore import exceptions as ox
+
+    from wasmcache import kinds
+    from wasmcache.lease import Lease
+
+    wasm = synth.data_module(0, functions=20, seed=52)
+    key = wc.ModuleHash.sha256(wasm)
+    waiter = machine(seaweed, tmp_path, "waiter", prefix, heartbeat=1.0, poll_seconds=0.1,
+                     lease_wait=60.0)  # fmt: skip
+    name = waiter.object_key(key, engine, lease=True)
+    holder_cache = machine(seaweed, tmp_path, "holder", prefix)
+    holder = Lease(holder_cache._store, name, 1.0, 0.1)
+    assert holder.acquire(lambda: False)
+    failures = []
+    real_head = obstore.head
+
+    def throttled(store, path, *args, **kwargs):
+        if path == name and len(failures) < 4:
+            failures.append(path)
+            if len(failures) == 4:  # the holder finishes while the store throttles
+                holder_cache.save(key, engine, wasmtime.Module(engine, wasm))
+                holder.release()
+            raise ox.GenericError("503 Slow Down")
+        return real_head(store, path, *args, **kwargs)
+
+    monkeypatch.setattr(obstore, "head", throttled)
+    compiled = []
+    real_compile = kinds.compile
+    monkeypatch.setattr(kinds, "compile", lambda *a: compiled.append(1) or real_compile(*a))
+    module = waiter.local.with_fallback(waiter).load_or_compile(engine, wasm, key=key)
+    assert call_add(engine, module) == 5
+    assert len(failures) == 4 and compiled == []
+
+
 # -- a server that dies or stalls -------------------------------------------------------------
 
 
@@ -492,7 +752,7 @@ def test_download_temps_count_toward_max_bytes_and_go_after_minutes(tmp_path, en
     temp = Path(names.temp_path(str(cache.path(wc.ModuleHash.sha256(b"x"), engine))))
     temp.write_bytes(bytes(entry_size))  # a download in progress
     removed = cache.prune(max_bytes=entry_size + entry_size // 2)
-    assert [e.key for e in removed] == [key]  # the temp file's bytes counted
+    assert [str(e.key) for e in removed] == [str(key)]  # the temp file's bytes counted
     assert temp.exists()  # but a fresh one is kept
     old = time.time() - 11 * 60
     os.utime(temp, (old, old))

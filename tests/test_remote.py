@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -91,7 +92,7 @@ def test_component_travels_with_its_kind_and_metadata(s3_endpoint, bucket, tmp_p
     machine_a = wc.FileSystemCache(tmp_path / "a").with_fallback(
         remote(s3_endpoint, bucket, tmp_path, "a")
     )
-    assert isinstance(machine_a.load_or_compile(engine, wasm), kinds.component_class())
+    assert isinstance(machine_a.load_or_compile(engine, wasm, key=key), kinds.component_class())
     machine_b = remote(s3_endpoint, bucket, tmp_path, "b")
     with pytest.raises(wc.CacheError):  # the object's manifest says component
         machine_b.load(key, engine, kind="module")
@@ -301,3 +302,185 @@ def test_a_failed_multipart_upload_is_aborted(
         remote(s3_endpoint, bucket, tmp_path).save(wc.ModuleHash.sha256(wasm), engine, module)
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     assert s3.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+
+
+# -- hostile bytes, parsed under a schema ---------------------------------------------------
+
+
+def _nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+def _manifest_with(**changes):
+    def change(header: dict) -> bytes:
+        header["manifest"].update(changes)
+        return json.dumps(header).encode()
+
+    return change
+
+
+def _header_with(**changes):
+    def change(header: dict) -> bytes:
+        header.update(changes)
+        return json.dumps(header).encode()
+
+    return change
+
+
+#: name -> (object magic, new header text from the good header)
+_HOSTILE_HEADERS = {
+    "nested": (b"WMCOBJ3\n", lambda h: b'{"manifest":' + _nested(4000) + b"}"),
+    "nested-in-manifest": (b"WMCOBJ3\n", _manifest_with(kind=[[[["module"]]]])),
+    "too-big": (b"WMCOBJ3\n", lambda h: b" " * 9000 + json.dumps(h).encode()),
+    "digest-number": (b"WMCOBJ3\n", _manifest_with(entry_digest=12345)),
+    "digest-not-hex": (b"WMCOBJ3\n", _manifest_with(entry_digest="z" * 64)),
+    "length-string": (b"WMCOBJ3\n", _manifest_with(entry_length="19000")),
+    "length-float": (b"WMCOBJ3\n", _manifest_with(entry_length=19000.0)),
+    "length-bool": (b"WMCOBJ3\n", _manifest_with(entry_length=True)),
+    "length-negative": (b"WMCOBJ3\n", _manifest_with(encoded_length=-1)),
+    "length-huge": (b"WMCOBJ3\n", _manifest_with(entry_length=2**70)),
+    "length-digits": (
+        b"WMCOBJ3\n",
+        lambda h: b'{"manifest":{"entry_length":' + b"9" * 5000 + b"}}",
+    ),
+    "key-lowercase": (b"WMCOBJ3\n", lambda h: _manifest_with(key=h["manifest"]["key"].lower())(h)),
+    "engine-id-long": (b"WMCOBJ3\n", _manifest_with(engine_id="e" * 300)),
+    "version-2": (b"WMCOBJ3\n", _manifest_with(version=2)),
+    "unknown-field": (b"WMCOBJ3\n", _manifest_with(extra=1)),
+    "signature-list": (b"WMCOBJ3\n", _header_with(signer="0" * 16, signature=["x"])),
+    "signature-short": (b"WMCOBJ3\n", _header_with(signer="0" * 16, signature="AAAA")),
+    "signer-alone": (b"WMCOBJ3\n", _header_with(signer="0" * 16)),
+    "not-utf8": (b"WMCOBJ3\n", lambda h: b'{"manifest":"\xff\xfe"}'),
+    "duplicate-key": (b"WMCOBJ3\n", lambda h: json.dumps(h).encode()[:-1] + b',"manifest":{}}'),
+    "nan": (
+        b"WMCOBJ3\n",
+        lambda h: json.dumps(h).encode().replace(b'"version": 1', b'"version": NaN'),
+    ),
+    "array": (b"WMCOBJ3\n", lambda h: b"[]"),
+    "old-nested": (b"WMCOBJ2\n", lambda h: b'{"manifest":' + _nested(4000) + b"}"),
+    "old-string-checksum": (b"WMCOBJ2\n", None),
+    "old-float-length": (b"WMCOBJ2\n", None),
+}
+
+
+def _old_header(entry: bytes, engine, key, **changes) -> bytes:
+    checksum = int.from_bytes(entry[-16:-8], "little")
+    manifest = {"engine_id": wc.engine_id(engine), "key": str(key), "kind": "module",
+                "length": len(entry), "checksum": checksum}  # fmt: skip
+    manifest.update(changes)
+    return json.dumps({"manifest": manifest, "compression": "none"}).encode()
+
+
+@pytest.mark.parametrize("case", sorted(_HOSTILE_HEADERS))
+def test_hostile_headers_are_remote_corrupt_and_a_miss(
+    s3_endpoint, s3, bucket, tmp_path, engine, add_wasm, case
+):
+    from wasmcache.errors import RemoteCorrupt
+    from wasmcache.signing import generate_pem_pair
+
+    key = wc.ModuleHash.sha256(add_wasm)
+    writer = remote(s3_endpoint, bucket, tmp_path, "writer", compression_level=None)
+    writer.save(key, engine, wasmtime.Module(engine, add_wasm))
+    name = writer.object_key(key, engine)
+    good = s3.get_object(Bucket=bucket, Key=name)["Body"].read()
+    header, entry = support.split_object(good)
+    magic, change = _HOSTILE_HEADERS[case]
+    if case == "old-string-checksum":
+        text = _old_header(entry, engine, key, checksum="abc")
+    elif case == "old-float-length":
+        text = _old_header(entry, engine, key, length=float(len(entry)))
+    else:
+        text = change(header)
+    s3.put_object(Bucket=bucket, Key=name, Body=support.join_object(text, entry, magic))
+    trusted = [generate_pem_pair()[1]]
+    for options in ({}, {"trusted_keys": trusted}):
+        reader = remote(s3_endpoint, bucket, tmp_path, "reader", **options)
+        old_and_trusting = magic == b"WMCOBJ2\n" and options
+        with pytest.raises(wc.SignatureError if old_and_trusting else RemoteCorrupt) as info:
+            reader.load(key, engine)
+        assert name in str(info.value)
+        assert [p for p in (tmp_path / "reader").rglob("*") if p.is_file()] == []
+    # For load_or_compile it is a miss: the module is compiled (and the object replaced).
+    stack = wc.FileSystemCache(tmp_path / "stack").with_fallback(
+        remote(s3_endpoint, bucket, tmp_path, "stack", trusted_keys=trusted)
+    )
+    assert call_add(engine, stack.load_or_compile(engine, add_wasm, key=key)) == 5
+
+
+def test_json_nesting_is_measured_before_parsing():
+    from wasmcache import schema
+
+    assert schema.nesting(b'{"a": [1, {"b": "[[[[{{"}], "c": "\\\\\\"["}') == 3
+    with pytest.raises(schema.Invalid, match="nested 5000 deep"):
+        schema.loads(_nested(5000), max_size=1 << 20, max_depth=3)
+    assert schema.loads(b'{"a": [[1]]}', max_size=100, max_depth=3) == {"a": [[1]]}
+    for bad in (b"{", b'{"a": 1, "a": 2}', b"NaN", b"\xff", b"1" * 5000):
+        with pytest.raises(schema.Invalid):
+            schema.loads(bad, max_size=1 << 20, max_depth=3)
+
+
+def test_a_nested_lease_body_is_never_parsed(s3_endpoint, s3, bucket, tmp_path, engine, add_wasm):
+    """A waiter reads only a lease's size and ETag: any body is a lease held by someone,
+    taken over once its ETag stays the same for 1.5 heartbeats."""
+    key = wc.ModuleHash.sha256(add_wasm)
+    cache = remote(s3_endpoint, bucket, tmp_path, "m", heartbeat=0.2, poll_seconds=0.05)
+    s3.put_object(Bucket=bucket, Key=cache.object_key(key, engine, lease=True), Body=_nested(10**5))
+    stack = wc.FileSystemCache(tmp_path / "m").with_fallback(cache)
+    assert call_add(engine, stack.load_or_compile(engine, add_wasm, key=key)) == 5
+    assert cache.contains(key, engine)
+
+
+# -- uploads -------------------------------------------------------------------------------------
+
+
+def test_save_does_not_upload_what_is_there(
+    s3_endpoint, s3, bucket, tmp_path, engine, add_wasm, monkeypatch
+):
+    import obstore
+
+    from wasmcache.signing import generate_pem_pair
+
+    key = wc.ModuleHash.sha256(add_wasm)
+    module = wasmtime.Module(engine, add_wasm)
+    puts: list[str] = []
+    real_put = obstore.put
+
+    def counted(store, name, *args, **kwargs):
+        puts.append(name)
+        return real_put(store, name, *args, **kwargs)
+
+    monkeypatch.setattr(obstore, "put", counted)
+    first = remote(s3_endpoint, bucket, tmp_path, "a")
+    name = first.object_key(key, engine)
+    first.save(key, engine, module)
+    first.save(key, engine, module)
+    remote(s3_endpoint, bucket, tmp_path, "b").save(key, engine, module)
+    assert puts == [name]
+    # An object of an older format is replaced (it would be refused where keys are trusted).
+    cache = wc.FileSystemCache(tmp_path / "old")
+    cache.save(key, engine, module)
+    s3.put_object(Bucket=bucket, Key=name, Body=cache.path(key, engine).read_bytes())
+    first.save(key, engine, module)
+    assert puts == [name, name]
+    # A machine that signs replaces an unsigned object once, then keeps its own.
+    private, public = generate_pem_pair()
+    signer = remote(s3_endpoint, bucket, tmp_path, "c", signing_key=private)
+    signer.save(key, engine, module)
+    signer.save(key, engine, module)
+    assert puts == [name, name, name]
+    trusting = remote(s3_endpoint, bucket, tmp_path, "d", trusted_keys=[public])
+    trusting.save(key, engine, module)
+    assert puts == [name, name, name]
+    assert call_add(engine, trusting.load(key, engine)) == 5
+
+
+def test_lease_wait_defaults_to_forty_heartbeats_and_is_checked(tmp_path):
+    import math
+
+    cache = wc.ObjectStoreCache("b", local_dir=tmp_path, heartbeat=2.0)
+    assert cache.lease_wait == 80.0
+    assert wc.ObjectStoreCache("b", local_dir=tmp_path, lease_wait=0).lease_wait == 0.0
+    for bad, error in ((-1, ValueError), (math.inf, ValueError), (math.nan, ValueError),
+                       ("5", TypeError), (True, TypeError)):  # fmt: skip
+        with pytest.raises(error, match="lease_wait"):
+            wc.ObjectStoreCache("b", local_dir=tmp_path, lease_wait=bad)

@@ -104,6 +104,11 @@ class RemoteBucketNotFound(RemoteError):
     """The bucket does not exist."""
 
 
+class RemoteCorrupt(RemoteError, DeserializeError):
+    """A remote object is not what its header or manifest says (malformed header, wrong
+    length, digest mismatch, undecodable body); nothing of it was kept."""
+
+
 class SignatureError(RemoteError):
     """A remote object is unsigned, signed by a key that is not trusted, or its signature
     does not match its content; it was neither kept nor loaded. The message names the

@@ -2,11 +2,12 @@
 shared by a fleet.
 
 Objects live at ``<prefix>/<engine id>-v<N>/<HASH>.bin`` (see :mod:`wasmcache.names`) in
-the format of :mod:`wasmcache.transfer`: a header (signed when a signing key is given) and
-the entry zstd-compressed. A hit streams the object through the decompressor into a temp
-file in the local cache folder, checking it as it goes, renames it into place and maps it:
-the next load on this machine is a local hit. Needs the ``s3`` extra (obstore, zstandard,
-cryptography).
+the format of :mod:`wasmcache.transfer`: a header holding the manifest (see
+:mod:`wasmcache.manifest`; signed when a signing key is given) and the entry, zstd-compressed.
+A hit streams the object through the decompressor into a temp file in the local cache
+folder, computing the entry's SHA-256 as it goes, renames it into place only if that
+matches the manifest, and maps it: the next load on this machine is a local hit. Needs
+the ``s3`` extra (obstore, zstandard, cryptography).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import logging
+import math
 import os
 from collections.abc import Iterable, Iterator
 from typing import Any, Optional, Union
@@ -36,8 +38,9 @@ from wasmcache.errors import (
 from wasmcache.filesystem import FileSystemCache
 from wasmcache.hashing import ModuleHash
 from wasmcache.kinds import Compiled, Kind
+from wasmcache.lease import WAIT_BEATS as LEASE_WAIT_BEATS
 from wasmcache.lease import Lease
-from wasmcache.signing import Manifest, PrivateKeyLike, PublicKeyLike, Signer, Verifier
+from wasmcache.signing import PrivateKeyLike, PublicKeyLike, Signer, Verifier
 
 log = logging.getLogger("wasmcache")
 
@@ -87,7 +90,9 @@ class ObjectStoreCache(ModuleCache):
     takes a ready obstore store instead.
 
     Trust: with ``trusted_keys`` (Ed25519 public keys, or PEM bytes or files), only objects
-    signed by one of them are ever kept or loaded (:class:`~wasmcache.SignatureError`);
+    whose manifest is signed by one of them, and whose entry then has exactly the SHA-256
+    that manifest gives, are ever kept or loaded (:class:`~wasmcache.SignatureError`, or
+    ``RemoteCorrupt`` for content that differs); objects of older formats are refused.
     ``signing_key`` (an Ed25519 private key, or PEM) signs what this cache uploads.
 
     ``timeout`` is how long a transfer may make no progress before it fails (not a bound on
@@ -96,7 +101,12 @@ class ObjectStoreCache(ModuleCache):
 
     Concurrent misses across the fleet compile once: ``load_or_compile`` takes a lease
     object beside the entry, renewed every ``heartbeat`` seconds; others wait for the
-    entry, and take the lease over when its holder stops renewing it.
+    entry, and take the lease over when its holder stops renewing it. A waiter waits at
+    most ``lease_wait`` seconds (default: 40 heartbeats), however alive the lease looks,
+    then compiles for itself; ``poll_seconds`` is its first pause between looks (they
+    back off to a quarter heartbeat, see :mod:`wasmcache.lease`). ``save`` uploads
+    nothing when the bucket already holds an object of today's format for the key that
+    this cache would accept (and that is signed by its signing key, when it has one).
     """
 
     lock_scope = 2
@@ -120,6 +130,7 @@ class ObjectStoreCache(ModuleCache):
         compression_level: Optional[int] = 3,
         heartbeat: float = 5.0,
         poll_seconds: float = 0.5,
+        lease_wait: Optional[float] = None,
         store: Any = None,
     ) -> None:
         obstore = _obstore()
@@ -131,12 +142,21 @@ class ObjectStoreCache(ModuleCache):
             raise ValueError("timeout must be positive")
         if not 0 < heartbeat <= 10:
             raise ValueError("heartbeat must be more than 0 and at most 10 seconds")
+        if not poll_seconds > 0:
+            raise ValueError("poll_seconds must be positive")
+        if lease_wait is not None:
+            if isinstance(lease_wait, bool) or not isinstance(lease_wait, (int, float)):
+                raise TypeError(f"lease_wait must be seconds, not {type(lease_wait).__name__}")
+            if not 0 <= lease_wait < math.inf:
+                raise ValueError("lease_wait must be 0 or more seconds, and finite")
         self.local = local if local is not None else FileSystemCache(local_dir)
         self.signer = Signer(signing_key) if signing_key is not None else None
+        self._own = Verifier([self.signer.public_key]) if self.signer is not None else None
         self.verifier = Verifier(trusted_keys) if trusted_keys is not None else None
         self.compression_level = compression_level
         self.heartbeat = heartbeat
         self.poll_seconds = poll_seconds
+        self.lease_wait = float(LEASE_WAIT_BEATS * heartbeat if lease_wait is None else lease_wait)
         self._bucket_seen = False
         url_prefix = ""
         if store is None:
@@ -206,13 +226,14 @@ class ObjectStoreCache(ModuleCache):
     ) -> Compiled:
         obstore = _obstore()
         name = self.object_key(key, engine)
-        expected = Manifest(engine_id(engine), str(key), kind or "", 0, 0)
         try:
             chunks = iter(obstore.get(self._store, name).stream(min_chunk_size=transfer.CHUNK))
         except Exception as exc:
             raise self._error(exc, name) from exc
         chunks = self._guarded(transfer.prefetched(chunks), name)
-        download = transfer.Download(chunks, name, expected, self.verifier)
+        download = transfer.Download(
+            chunks, name, engine_id(engine), key, kind or "", self.verifier
+        )
         module = self.local.receive(key, engine, download, verify=not download.checked, kind=kind)
         log.debug("remote hit %s (%s)", key, name)
         return module
@@ -252,12 +273,20 @@ class ObjectStoreCache(ModuleCache):
     ) -> None:
         obstore = _obstore()
         name = self.object_key(key, engine)
-        payload = artifact_bytes(module)
         kind = kinds.of(module)
+        if self._already_there(name, key, engine, kind):
+            log.debug("not uploading %s: %s is already there", key, name)
+            return
+        payload = artifact_bytes(module)
         sealed = entry.seal(payload, kind, origin)
-        manifest = Manifest(engine_id(engine), str(key), kind, sealed.length, sealed.checksum)
-        pieces = transfer.encode(
-            manifest, payload, sealed.tail, self.signer, level=self.compression_level
+        pieces, manifest = transfer.encode(
+            engine_id(engine),
+            key,
+            kind,
+            payload,
+            sealed.tail,
+            self.signer,
+            level=self.compression_level,
         )
         size = sum(len(memoryview(p)) for p in pieces)
         try:
@@ -277,10 +306,34 @@ class ObjectStoreCache(ModuleCache):
         log.debug(
             "uploaded %s (%d bytes, %d compressed) to %s",
             key,
-            manifest.length,
+            manifest.entry_length,
             size,
             name,
         )
+
+    def _already_there(
+        self, name: str, key: ModuleHash, engine: wasmtime.Engine, kind: str
+    ) -> bool:
+        """Whether the bucket holds an object at ``name`` that a load here would accept as
+        far as its header tells (today's format, naming this key, engine and kind; signed
+        by a trusted key where keys are trusted, and by this cache's own key when it
+        signs). One ranged GET of the header; any doubt means no."""
+        obstore = _obstore()
+        try:
+            head = bytes(obstore.get_range(self._store, name, start=0, length=transfer.HEAD_BYTES))
+        except Exception:  # missing, or unreadable: the upload says what is wrong
+            return False
+        header = transfer.header_of(head, name)
+        if header is None:
+            return False
+        try:
+            transfer.check_header(header, name, engine_id(engine), key, kind, self.verifier)
+            if self._own is not None:
+                signed = header.manifest.signed_bytes()
+                self._own.check(signed, header.signer, header.signature, name)
+        except CacheError:
+            return False
+        return True
 
     def contains(self, key: ModuleHash, engine: wasmtime.Engine) -> bool:
         obstore = _obstore()
@@ -298,11 +351,15 @@ class ObjectStoreCache(ModuleCache):
 
     @contextlib.contextmanager
     def compile_lock(self, key: ModuleHash, engine: wasmtime.Engine) -> Iterator[None]:
-        """The fleet-wide lease of this key (see :mod:`wasmcache.lease`); when the store
-        cannot do conditional puts, or fails, there is none (one warning) and the machine
-        compiles on its own."""
+        """The fleet-wide lease of this key (see :mod:`wasmcache.lease`), waited for at
+        most ``lease_wait`` seconds; when the store refuses it (or cannot do conditional
+        puts) there is none (one warning) and the machine compiles on its own."""
         lease = Lease(
-            self._store, self.object_key(key, engine, lease=True), self.heartbeat, self.poll_seconds
+            self._store,
+            self.object_key(key, engine, lease=True),
+            self.heartbeat,
+            self.poll_seconds,
+            self.lease_wait,
         )
         held = False
         try:

@@ -1,9 +1,9 @@
-"""Signed entries: Ed25519 signatures over what identifies an entry's content.
+"""Ed25519 keys and signatures over manifests (see :mod:`wasmcache.manifest`).
 
-The signed text names the engine id, the key, the kind, the entry's length and its
-checksum, so a signature cannot be moved to another key, engine or content. A key is named
-by its id: the first 8 bytes (16 hex digits) of the SHA-256 of its raw public bytes.
-Needs ``cryptography`` (the ``s3`` extra).
+A signature covers a manifest's signed bytes, which name the engine id, the key, the kind
+and the SHA-256 and length of the entry, so it cannot be moved to another key, engine or
+content. A key is named by its id: the first 8 bytes (16 hex digits) of the SHA-256 of its
+raw public bytes. Needs ``cryptography`` (the ``s3`` extra).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import hashlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, Union, cast
+from typing import TYPE_CHECKING, Any, Optional, Union, cast
 
 from wasmcache._optional import require
 from wasmcache.errors import SignatureError
@@ -26,21 +26,8 @@ if TYPE_CHECKING:
 PrivateKeyLike = Union["Ed25519PrivateKey", bytes, str, "os.PathLike[str]"]
 PublicKeyLike = Union["Ed25519PublicKey", bytes, str, "os.PathLike[str]"]
 _PemSource = Union[bytes, str, "os.PathLike[str]"]
-_DOMAIN = b"wasmcache signed entry v1\n"
-
-
-class Manifest(NamedTuple):
-    """What a signature covers."""
-
-    engine_id: str
-    key: str  # uppercase hex of the module hash
-    kind: str  # "module" or "component"
-    length: int  # bytes of the entry
-    checksum: int  # XXH3-64 of the entry's payload (as in its trailer)
-
-    def signed_bytes(self) -> bytes:
-        text = f"{self.engine_id}\n{self.key}\n{self.kind}\n{self.length}\n{self.checksum:016x}\n"
-        return _DOMAIN + text.encode("ascii")
+#: Bytes of an Ed25519 signature.
+SIGNATURE_SIZE = 64
 
 
 def _crypto() -> Any:
@@ -103,14 +90,16 @@ class Signer:
 
     def __init__(self, private: PrivateKeyLike) -> None:
         self._key = load_private_key(private)
-        self.key_id = key_id(self._key.public_key())
+        self.public_key = self._key.public_key()
+        self.key_id = key_id(self.public_key)
 
-    def sign(self, manifest: Manifest) -> bytes:
-        return bytes(self._key.sign(manifest.signed_bytes()))
+    def sign(self, message: bytes) -> bytes:
+        """The Ed25519 signature of ``message`` (a manifest's signed bytes)."""
+        return bytes(self._key.sign(message))
 
 
 class Verifier:
-    """Accepts manifests signed by one of the trusted public keys."""
+    """Accepts messages signed by one of the trusted public keys."""
 
     def __init__(self, trusted: Iterable[PublicKeyLike]) -> None:
         keys = [load_public_key(k) for k in trusted]
@@ -118,18 +107,20 @@ class Verifier:
             raise ValueError("trusted_keys is empty: no object could ever be loaded")
         self._keys = {key_id(k): k for k in keys}
 
-    def check(self, manifest: Manifest, signer: object, signature: object, name: str) -> None:
-        """Return if ``signature`` by key ``signer`` is valid for ``manifest``; else raise
+    def check(
+        self, message: bytes, signer: Optional[str], signature: Optional[bytes], name: str
+    ) -> None:
+        """Return if ``signature`` by key ``signer`` is valid for ``message``; else raise
         SignatureError naming the object ``name`` and the key id."""
         from cryptography.exceptions import InvalidSignature
 
-        if not isinstance(signer, str) or not isinstance(signature, bytes):
+        if signer is None or signature is None:
             raise SignatureError(f"{name} is not signed; only signed objects are trusted")
         public = self._keys.get(signer)
         if public is None:
             raise SignatureError(f"{name} is signed by key {signer}, which is not trusted")
         try:
-            public.verify(signature, manifest.signed_bytes())
+            public.verify(signature, message)
         except InvalidSignature:
             raise SignatureError(
                 f"{name} has an invalid signature for key {signer}: its content, key or "
