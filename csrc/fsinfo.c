@@ -1,8 +1,9 @@
 /*
- * What kind of filesystem holds a path. Direct mode trusts a file's stamp (device, inode,
- * size, mtime, ctime) only on filesystems known to keep those honest, and it tells them
- * apart by the type number the kernel reports. Only Linux has such a number with a fixed
- * meaning; elsewhere the caller is told so and reads the file instead.
+ * What kind of filesystem, and which mount of it, holds a file. Direct mode trusts a file's
+ * stamp (device, inode, size, mtime, ctime) only on filesystems known to keep those honest,
+ * told apart by the type number the kernel reports, and only within one mount (an image
+ * mounted again may repeat an earlier image's stamps). Only Linux has these numbers;
+ * elsewhere the caller is told so and reads the file instead.
  */
 #ifdef __linux__
 #define _GNU_SOURCE
@@ -12,7 +13,10 @@
 #include <errno.h>
 
 #ifdef __linux__
+#include <string.h>
+#include <sys/syscall.h>
 #include <sys/vfs.h>
+#include <unistd.h>
 #endif
 
 int wmc_fs_magic(const char *path, uint64_t *out_magic, int *err_no) {
@@ -33,6 +37,45 @@ int wmc_fs_magic(const char *path, uint64_t *out_magic, int *err_no) {
     return WMC_OK;
 #else
     *out_magic = 0;
+    return WMC_ERR_UNSUPPORTED;
+#endif
+}
+
+/* statx(2) is called through syscall(2) with its buffer laid out here (the layout is part
+ * of the kernel's ABI: 256 bytes, stx_mask at 0, stx_mnt_id at 0x90), so the C core needs
+ * neither glibc 2.28's statx() nor kernel headers that know it. */
+#define STATX_BUFFER 256u
+#define STATX_MASK_AT 0u
+#define STATX_MNT_ID_AT 0x90u
+#define MOUNT_ID 0x00001000u        /* STATX_MNT_ID (Linux 5.8) */
+#define MOUNT_ID_UNIQUE 0x00004000u /* STATX_MNT_ID_UNIQUE (Linux 6.8) */
+#define EMPTY_PATH 0x1000           /* AT_EMPTY_PATH */
+
+int wmc_mount_id(int fd, uint64_t *out_id, int *out_unique, int *err_no) {
+    if (fd < 0 || out_id == NULL || out_unique == NULL || err_no == NULL)
+        return WMC_ERR_ARGUMENT;
+    *err_no = 0;
+    *out_id = 0;
+    *out_unique = 0;
+#if defined(__linux__) && defined(SYS_statx)
+    uint64_t buffer[STATX_BUFFER / sizeof(uint64_t)];
+    memset(buffer, 0, sizeof buffer);
+    long rc;
+    do {
+        rc = syscall(SYS_statx, fd, "", EMPTY_PATH, MOUNT_ID | MOUNT_ID_UNIQUE, buffer);
+    } while (rc != 0 && errno == EINTR);
+    if (rc != 0) {
+        if (errno == ENOSYS) return WMC_ERR_UNSUPPORTED;
+        *err_no = errno;
+        return WMC_ERR_OS;
+    }
+    uint32_t mask;
+    memcpy(&mask, (const unsigned char *)buffer + STATX_MASK_AT, sizeof mask);
+    if (!(mask & (MOUNT_ID | MOUNT_ID_UNIQUE))) return WMC_ERR_UNSUPPORTED;
+    memcpy(out_id, (const unsigned char *)buffer + STATX_MNT_ID_AT, sizeof *out_id);
+    *out_unique = (mask & MOUNT_ID_UNIQUE) != 0;
+    return WMC_OK;
+#else
     return WMC_ERR_UNSUPPORTED;
 #endif
 }

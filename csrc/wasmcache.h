@@ -83,6 +83,12 @@ int wmc_temp_path(const char *target, size_t target_len, uint64_t pid, uint64_t 
  * filesystem holding path, following links, into *out_magic. WMC_ERR_UNSUPPORTED where the
  * platform has no such number (anything but Linux); WMC_ERR_OS with *err_no on failure. */
 int wmc_fs_magic(const char *path, uint64_t *out_magic, int *err_no);
+
+/* The id of the mount that holds the open file fd (statx's stx_mnt_id) into *out_id, and
+ * in *out_unique whether it is the kernel's unique id (never reused until reboot; Linux
+ * 6.8) rather than the reusable one (Linux 5.8). WMC_ERR_UNSUPPORTED where the kernel or
+ * platform gives neither; WMC_ERR_OS with *err_no on failure. */
+int wmc_mount_id(int fd, uint64_t *out_id, int *out_unique, int *err_no);
 /* CDEF END */
 
 #endif

@@ -230,3 +230,22 @@ def test_atomic_write_sets_an_explicit_mode_whatever_the_umask(tmp_path):
     with pytest.raises(ValueError):
         _core.atomic_write(target + ".tmp", target, b"x", b"", mode=0o10000)
     assert sorted(os.listdir(tmp_path)) == ["entry.bin"]
+
+
+def test_mount_id_tells_mounts_apart(tmp_path):
+    if not os.path.isdir("/proc/self"):
+        pytest.skip("needs Linux")
+    here = os.open(str(tmp_path), os.O_RDONLY)
+    proc = os.open("/proc/self/status", os.O_RDONLY)
+    try:
+        ours, theirs = _core.mount_id(here), _core.mount_id(proc)
+        if ours is None:
+            pytest.skip("this kernel gives no mount ids (before Linux 5.8)")
+        assert theirs is not None and ours[0] != theirs[0]
+        assert _core.mount_id(here) == ours  # stable while mounted
+    finally:
+        os.close(here)
+        os.close(proc)
+    with pytest.raises(wc.FileReadError) as caught:
+        _core.mount_id(here)  # closed now
+    assert caught.value.errno == errno.EBADF

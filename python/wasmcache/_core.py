@@ -187,3 +187,17 @@ def fs_magic(path: str) -> Optional[int]:
         status, what=f"ask which filesystem holds {path}", path=path, err_no=err_no[0], reading=True
     )
     return int(magic[0])
+
+
+def mount_id(fd: int) -> Optional[tuple[int, bool]]:
+    """The id of the mount holding the open file ``fd`` and whether it is unique until
+    reboot (Linux 6.8 and later) rather than reusable once unmounted; None where the kernel
+    gives neither. FileReadError (``errno`` set) if the call fails."""
+    value = ffi.new("uint64_t *")
+    unique = ffi.new("int *")
+    err_no = ffi.new("int *")
+    status = lib.wmc_mount_id(fd, value, unique, err_no)
+    if status == lib.WMC_ERR_UNSUPPORTED:
+        return None
+    _check(status, what=f"ask which mount holds descriptor {fd}", err_no=err_no[0], reading=True)
+    return int(value[0]), bool(unique[0])
