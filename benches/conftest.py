@@ -17,6 +17,7 @@ import wasmtime
 import wasmcache as wc
 from wasmcache import synth
 from wasmcache._image import artifact_bytes
+from wasmcache.hashing import DEFAULT_ALGORITHM
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the shared test helpers (support.py)
@@ -70,7 +71,7 @@ def dataset(request, tmp_path_factory) -> Dataset:
     name = request.param
     wasm = DATASETS[name]()
     engine = wasmtime.Engine()
-    key = wc.ModuleHash.sha256(wasm)
+    key = wc.ModuleHash.of(DEFAULT_ALGORITHM, wasm)
     keep = wc.FileSystemCache(BENCH_CACHE)
     compile_seconds = float("nan")
     try:
@@ -96,6 +97,15 @@ def dataset(request, tmp_path_factory) -> Dataset:
         workdir,
         compile_seconds,
     )
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment for a timed command: Python keeps compiled bytecode (in a folder of
+    its own, as an installed package has it), whatever this shell says."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(BENCH_CACHE / "pycache")
+    env.update(extra)
+    return env
 
 
 def best_of(fn: Callable[[], object], rounds: int) -> float:

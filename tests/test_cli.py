@@ -17,6 +17,7 @@ import wasmtime
 import wasmcache as wc
 from wasmcache import synth
 from wasmcache.cli import parse_size
+from wasmcache.hashing import DEFAULT_ALGORITHM
 from wasmcache.kinds import wasmtime_version
 from wasmcache.options import engine_from_options
 
@@ -238,14 +239,14 @@ def test_compile_fills_what_the_librarys_default_engine_loads(hello, env, tmp_pa
     wasmcache("compile", hello, env=env, check_code=0)
     cache = wc.FileSystemCache(env["WASMCACHE_DIR"])
     engine = wasmtime.Engine()
-    assert cache.contains(wc.ModuleHash.sha256(hello.read_bytes()), engine)
+    assert cache.contains(wc.ModuleHash.of(DEFAULT_ALGORITHM, hello.read_bytes()), engine)
     assert "1 entry (" in wasmcache("stats", env=env, check_code=0).stdout
 
 
 def test_engine_options_match_the_library(hello, env):
     wasmcache("compile", "-O", "opt-level=0", "-W", "simd=y", hello, env=env, check_code=0)
     engine = engine_from_options(["opt-level=0"], ["simd=y"])
-    key = wc.ModuleHash.sha256(hello.read_bytes())
+    key = wc.ModuleHash.of(DEFAULT_ALGORITHM, hello.read_bytes())
     assert wc.FileSystemCache(env["WASMCACHE_DIR"]).contains(key, engine)
     assert not wc.FileSystemCache(env["WASMCACHE_DIR"]).contains(key, wasmtime.Engine())
     bad = wasmcache("compile", "-W", "no-such-feature=y", hello, env=env, check_code=2)
@@ -538,7 +539,7 @@ def test_compile_of_text_fills_what_run_and_load_or_compile_use(tmp_path, env):
     assert len(ls(env)) == 1
     binary = bytes(wasmtime.wat2wasm(HELLO_WAT))
     cache = wc.FileSystemCache(env["WASMCACHE_DIR"])
-    assert cache.contains(wc.ModuleHash.sha256(binary), wasmtime.Engine())
+    assert cache.contains(wc.ModuleHash.of(DEFAULT_ALGORITHM, binary), wasmtime.Engine())
     wasmcache("run", text, env=env, check_code=41)
     assert len(ls(env)) == 1
 

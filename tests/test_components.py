@@ -14,6 +14,7 @@ import wasmtime
 import wasmcache as wc
 from support import command_component, split_entry
 from wasmcache import kinds
+from wasmcache.hashing import DEFAULT_ALGORITHM
 
 pytestmark = pytest.mark.skipif(
     not kinds.components_supported(), reason="wasmtime-py before 40 has no components"
@@ -58,7 +59,7 @@ def test_load_or_compile_caches_a_component(tmp_path, engine, component_wasm):
     cache = wc.FileSystemCache(tmp_path)
     first = cache.load_or_compile(engine, component_wasm)
     assert isinstance(first, kinds.component_class())
-    key = wc.ModuleHash.sha256(component_wasm)
+    key = wc.ModuleHash.of(DEFAULT_ALGORITHM, component_wasm)
     _, meta = split_entry(cache.path(key, engine).read_bytes())
     assert meta["kind"] == "component" and meta["wasm_size"] == len(component_wasm)
     assert meta["compile_seconds"] >= 0
@@ -128,7 +129,7 @@ def test_verify_ls_prune_see_components(tmp_path, engine, component_wasm, add_wa
     assert cache.verify_entries() == []
     assert sorted(cache.describe(e).kind for e in cache.entries()) == ["component", "module"]
     # a flipped byte in the metadata is caught by the checksum
-    path = cache.path(wc.ModuleHash.sha256(component_wasm), engine)
+    path = cache.path(wc.ModuleHash.of(DEFAULT_ALGORITHM, component_wasm), engine)
     data = bytearray(path.read_bytes())
     data[-40] ^= 0x01
     path.write_bytes(data)
@@ -179,7 +180,7 @@ def test_compile_then_library_hit(tmp_path, env, component_wasm):
     path.write_bytes(component_wasm)
     wasmcache("compile", path, env=env, check_code=0)
     cache = wc.FileSystemCache(env["WASMCACHE_DIR"])
-    key = wc.ModuleHash.sha256(component_wasm)
+    key = wc.ModuleHash.of(DEFAULT_ALGORITHM, component_wasm)
     assert isinstance(cache.load(key, wasmtime.Engine(), kind="component"), kinds.component_class())
 
 

@@ -18,6 +18,12 @@ import wasmcache as wc
 from conftest import call_add
 from support import forge_xxh64_collision
 from wasmcache import base, direct, names
+from wasmcache.hashing import DEFAULT_ALGORITHM
+
+
+def default_key(data: bytes) -> wc.ModuleHash:
+    """The key load_or_compile computes for ``data``."""
+    return wc.ModuleHash.of(DEFAULT_ALGORITHM, data)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +87,8 @@ def test_a_known_file_is_not_read_again(settled, tmp_path, monkeypatch, engine):
     assert call_add(engine, cache.load_or_compile(engine, str(settled["a"]))) == 5
     assert reads.count == 1  # the record in the cache folder
     records = list((cache.cache_dir / names.INDEX_FOLDER).iterdir())
-    assert len(records) == 1 and names.is_index_record(records[0].name)
+    assert [r.name for r in records] == [names.INDEX_LOG]  # one log: no file per record
+    assert records[0].read_bytes().count(b"\n") == 1
 
 
 def test_a_fresh_file_is_read_every_time(tmp_path, monkeypatch, engine, add_wasm):
@@ -127,8 +134,8 @@ def test_a_record_naming_another_key_cannot_redirect_a_stamp(settled, tmp_path, 
     cache = wc.FileSystemCache(tmp_path / "c")
     assert call_add(engine, cache.load_or_compile(engine, settled["d"])) == 5
     (record,) = (cache.cache_dir / names.INDEX_FOLDER).iterdir()
-    other_stamp = (1, 2, 3, 4, 5)
-    record.write_bytes(direct._record_text(other_stamp, wc.ModuleHash.sha256(b"x")))
+    other_stamp = ((1, 2, 3, 4, 5), direct.boot_id())
+    record.write_bytes(direct._record_line(other_stamp, default_key(b"x")))
     direct._memory.clear()
     assert call_add(engine, cache.load_or_compile(engine, settled["d"])) == 5
 
@@ -136,7 +143,7 @@ def test_a_record_naming_another_key_cannot_redirect_a_stamp(settled, tmp_path, 
 def test_bytes_inputs_are_hashed(tmp_path, engine, add_wasm):
     cache = wc.FileSystemCache(tmp_path / "c")
     cache.load_or_compile(engine, add_wasm)
-    assert cache.contains(wc.ModuleHash.sha256(add_wasm), engine)
+    assert cache.contains(default_key(add_wasm), engine)
     assert not (cache.cache_dir / names.INDEX_FOLDER).exists()
 
 
@@ -146,21 +153,21 @@ def test_a_file_changed_after_its_stamp_compiles_what_it_holds(tmp_path, engine,
     victim, forged = forge_xxh64_collision()
     source = tmp_path / "m.wasm"
     source.write_bytes(forged)
-    monkeypatch.setattr(
-        direct, "key_of_file", lambda *args, **kwargs: (wc.ModuleHash.sha256(victim), None)
-    )
+    monkeypatch.setattr(direct, "key_of_file", lambda *args, **kwargs: (default_key(victim), None))
     cache = wc.FileSystemCache(tmp_path / "c")
     assert call_add(engine, cache.load_or_compile(engine, source)) == 1337
-    assert cache.contains(wc.ModuleHash.sha256(forged), engine)
-    assert not cache.contains(wc.ModuleHash.sha256(victim), engine)
+    assert cache.contains(default_key(forged), engine)
+    assert not cache.contains(default_key(victim), engine)
 
 
 def test_clear_removes_records(settled, tmp_path, engine):
     cache = wc.FileSystemCache(tmp_path / "c")
     cache.load_or_compile(engine, settled["a"])
     assert (cache.cache_dir / names.INDEX_FOLDER).exists()
+    assert cache.wait_housekeeping(timeout=60)
+    assert cache.flush_metrics()
     cache.clear()
-    assert list(cache.cache_dir.iterdir()) == []
+    assert [p.name for p in cache.cache_dir.iterdir()] == [names.METRICS]  # counters stay
 
 
 def test_memory_cache_direct_mode_stays_in_memory(settled, monkeypatch):
@@ -409,7 +416,7 @@ def test_an_explicit_key_is_used_for_a_path(settled, tmp_path, monkeypatch, engi
         return real(*args, **kwargs)
 
     monkeypatch.setattr(base.kinds, "compile", counting)
-    key = wc.ModuleHash.sha256(b"a key of the caller's choosing")
+    key = default_key(b"a key of the caller's choosing")
     for make in (lambda: wc.FileSystemCache(tmp_path / "c"), wc.MemoryCache):
         compiles.clear()
         cache = make()
@@ -417,7 +424,7 @@ def test_an_explicit_key_is_used_for_a_path(settled, tmp_path, monkeypatch, engi
             assert call_add(engine, cache.load_or_compile(engine, settled["i"], key=key)) == 5
         assert len(compiles) == 1
         assert cache.contains(key, engine)
-        assert not cache.contains(wc.ModuleHash.sha256(settled["i"].read_bytes()), engine)
+        assert not cache.contains(default_key(settled["i"].read_bytes()), engine)
 
 
 # -- the records of a stack --------------------------------------------------------------
@@ -471,16 +478,30 @@ def _forged_cache(tmp_path: Path, settled: dict[str, Path], engine: wasmtime.Eng
     """A cache holding the forged module (add = 1337) under its own key."""
     cache = wc.FileSystemCache(tmp_path / "c")
     forged = settled["forged"].read_bytes()
-    key = wc.ModuleHash.sha256(forged)
+    key = default_key(forged)
     cache.save(key, engine, wasmtime.Module(engine, forged))
     return cache, key
 
 
+def marked(path: Path) -> direct.Mark:
+    """The stamp of ``path`` with its mount, as direct mode keys its records."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        info = os.fstat(fd)
+        mount = direct.mount_of(fd, info)
+    finally:
+        os.close(fd)
+    assert mount is not None
+    return direct.stamp_of(info), mount
+
+
 def _plant(folder: Path, source: Path, key: wc.ModuleHash, uid: int) -> Path:
-    """A record in ``folder`` mapping the stamp of ``source`` to ``key``, owned by ``uid``."""
-    stamp = direct.stamp_of(os.stat(source))
-    record = folder / direct._record_name(stamp, key.algorithm)
-    record.write_bytes(direct._record_text(stamp, key))
+    """An index log in ``folder`` mapping the stamp of ``source`` to ``key`` (a well-formed
+    line, after another), owned by ``uid``."""
+    stamp = marked(source)
+    record = folder / names.INDEX_LOG
+    other = direct._record_line(((1, 2, 3, 4, 5), stamp[1]), key)
+    record.write_bytes(other + direct._record_line(stamp, key))
     os.chown(record, uid, uid)
     return record
 
@@ -567,3 +588,53 @@ def test_a_shared_group_index_may_be_group_writable(settled, tmp_path, engine, m
     cache = wc.FileSystemCache(cache_dir, shared_group=True)
     assert call_add(engine, cache.load_or_compile(engine, settled["a"])) == 5
     assert reads.count == 1
+
+
+# -- a FIFO swapped in between the stat and the open ---------------------------------------
+
+
+def test_a_descriptor_with_nothing_to_give_is_a_source_error(tmp_path):
+    """A non-blocking read of an empty FIFO whose writer stays open gives no data at all:
+    a SourceError naming the path, not a hash of None."""
+    fifo = tmp_path / "app.wasm"
+    os.mkfifo(fifo)
+    writer = os.open(fifo, os.O_RDWR)  # a writer that never writes
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        with pytest.raises(wc.SourceError, match=r"app\.wasm"):
+            direct.read_source(str(fifo), reader)
+    finally:
+        os.close(reader)
+        os.close(writer)
+
+
+def test_a_fifo_swapped_in_after_the_stat_is_read_as_a_stream(tmp_path, monkeypatch):
+    """The stat sees a regular file, the open gets a FIFO: the descriptor is read
+    blocking (as a pipe is), the key is that of the bytes that came through it, and
+    nothing is stamped."""
+    wasm = wasmtime.wat2wasm("(module)")
+    regular = tmp_path / "regular.wasm"
+    regular.write_bytes(wasm)
+    fifo = tmp_path / "app.wasm"
+    os.mkfifo(fifo)
+    writer = os.open(fifo, os.O_RDWR)  # held open: a non-blocking read would find nothing
+    real_stat, real_read = os.stat, direct.read_source
+    seen = []
+
+    def stat_of_the_regular_file(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return real_stat(regular if os.fspath(path) == str(fifo) else path, *args, **kwargs)
+
+    def read_then(path, fd=None):  # type: ignore[no-untyped-def]
+        seen.append(fd is not None and os.get_blocking(fd))
+        os.write(writer, wasm)
+        os.close(writer)  # the stream ends: a blocking read returns
+        return real_read(path, fd)
+
+    monkeypatch.setattr(direct.os, "stat", stat_of_the_regular_file)
+    monkeypatch.setattr(direct, "read_source", read_then)
+    index = direct.Index(str(tmp_path / "c"))
+    key, data = direct.key_of_file(str(fifo), DEFAULT_ALGORITHM, index, direct=True)
+    assert seen == [True]  # read from a blocking descriptor
+    assert (key, data) == (default_key(wasm), wasm)
+    assert direct._memory == {}
+    assert not os.path.exists(index.path)

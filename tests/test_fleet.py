@@ -232,6 +232,31 @@ def test_a_tampered_signed_object_is_refused_and_nothing_kept(
     assert local_files(lax) == []
 
 
+def test_the_remote_tier_counts_its_work(seaweed, tmp_path, engine, pems, prefix):
+    wasm = synth.data_module(1 << 16, seed=21)
+    key = wc.ModuleHash.sha256(wasm)
+    writer = machine(seaweed, tmp_path, "ci", prefix, signing_key=pems["ci"])
+    writer.save(key, engine, wasmtime.Module(engine, wasm))
+    writer.save(key, engine, wasmtime.Module(engine, wasm))  # already there: no upload
+    uploaded = writer.metrics()["remote"]
+    assert uploaded["uploads"] == 1 and uploaded["bytes_written"] > 0
+
+    reader = machine(seaweed, tmp_path, "reader", prefix, trusted_keys=[pems["ci.pub"]])
+    with pytest.raises(wc.NotFound):
+        reader.load(wc.ModuleHash.sha256(b"nothing"), engine)
+    reader.load(key, engine)
+    counted = reader.metrics()["remote"]
+    assert (counted["hits"], counted["misses"], counted["downloads"]) == (1, 1, 1)
+    assert counted["bytes_read"] == reader.local.path(key, engine).stat().st_size
+    assert counted["refusals"] == 0
+
+    stranger = machine(seaweed, tmp_path, "stranger", prefix, trusted_keys=[pems["other.pub"]])
+    with pytest.raises(wc.SignatureError):
+        stranger.load(key, engine)
+    assert stranger.metrics()["remote"]["refusals"] == 1
+    assert stranger.metrics()["remote"]["hits"] == 0
+
+
 def test_a_signed_object_copied_to_another_key_is_refused(seaweed, tmp_path, engine, pems, prefix):
     wasm, other = synth.data_module(4096, seed=6), synth.data_module(4096, seed=7)
     signer = machine(seaweed, tmp_path, "ci", prefix, signing_key=pems["ci"])

@@ -7,6 +7,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -71,6 +72,18 @@ def _listing_then_save(
     monkeypatch.setattr(maintenance, name, listed_then_saved)
 
 
+def _one_pass_then_save(monkeypatch: pytest.MonkeyPatch, path: Path, spare: Path) -> None:
+    """Make prune's one pass over the folders finish, then rename ``spare`` over ``path``."""
+    listing = maintenance._list
+
+    def listed_then_saved(*args: Any, **kwargs: Any) -> Any:
+        found = listing(*args, **kwargs)
+        os.replace(spare, path)
+        return found
+
+    monkeypatch.setattr(maintenance, "_list", listed_then_saved)
+
+
 def test_clear_keeps_a_good_entry_renamed_in_after_the_listing(
     cache, key, engine, add_module, monkeypatch
 ):
@@ -89,7 +102,7 @@ def test_prune_keeps_a_good_entry_renamed_in_after_the_listing(
     cache.save(key, engine, add_module)
     path = cache.path(key, engine)
     spare = _good_copy(cache, path)
-    _listing_then_save(monkeypatch, path, spare, "_entries")
+    _one_pass_then_save(monkeypatch, path, spare)
     assert cache.prune(0) == []
     monkeypatch.undo()
     assert call_add(engine, cache.load(key, engine)) == 5

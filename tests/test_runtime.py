@@ -19,6 +19,12 @@ import support
 import wasmcache as wc
 from conftest import call_add
 from wasmcache import synth
+from wasmcache.hashing import DEFAULT_ALGORITHM
+
+
+def default_key(data: bytes) -> wc.ModuleHash:
+    """The key load_or_compile computes for ``data``."""
+    return wc.ModuleHash.of(DEFAULT_ALGORITHM, data)
 
 
 class Failing(wc.ModuleCache):
@@ -38,7 +44,7 @@ class Failing(wc.ModuleCache):
 
 
 def test_load_or_compile_miss_then_hit(cache, engine, add_wasm, caplog):
-    key = wc.ModuleHash.sha256(add_wasm)
+    key = default_key(add_wasm)
     with caplog.at_level(logging.DEBUG, logger="wasmcache"):
         first = cache.load_or_compile(engine, add_wasm)
     assert call_add(engine, first) == 5
@@ -58,11 +64,11 @@ def test_load_or_compile_from_path_and_custom_key(cache, engine, add_wasm, tmp_p
     assert call_add(engine, cache.load_or_compile(engine, path, key=key)) == 5
     assert call_add(engine, cache.load_or_compile(engine, str(path), key=key)) == 5
     assert cache.contains(key, engine)
-    assert not cache.contains(wc.ModuleHash.sha256(add_wasm), engine)
+    assert not cache.contains(default_key(add_wasm), engine)
 
 
 def test_load_or_compile_replaces_corrupt_entry(cache, engine, add_wasm):
-    key = wc.ModuleHash.sha256(add_wasm)
+    key = default_key(add_wasm)
     path = cache.path(key, engine)
     path.parent.mkdir(parents=True)
     path.write_bytes(b"garbage" * 10)
@@ -114,7 +120,7 @@ def test_concurrent_misses_compile_once_across_processes(tmp_path):
 
 def test_compile_lock_is_released_when_the_holder_dies(tmp_path, engine, add_wasm):
     cache = wc.FileSystemCache(tmp_path)
-    key = wc.ModuleHash.sha256(add_wasm)
+    key = default_key(add_wasm)
     holder = subprocess.Popen(
         [
             sys.executable,
@@ -171,7 +177,7 @@ def test_memory_cache_lru_after_an_engine_is_gone(add_wasm, engine, add_module):
     """The use-order slots of a dead Engine are dropped as they come up for eviction, so
     the live entries stay within max_entries and a later Engine is served."""
     mem = wc.MemoryCache(max_entries=2)
-    keys = [wc.ModuleHash.sha256(bytes([i])) for i in range(4)]
+    keys = [default_key(bytes([i])) for i in range(4)]
     other = wasmtime.Engine()
     gone = weakref.ref(other)
     mem.save(keys[0], other, wasmtime.Module(other, add_wasm))
@@ -196,7 +202,7 @@ def _config(**settings) -> wasmtime.Config:
 
 def test_memory_cache_lru(engine, add_module):
     mem = wc.MemoryCache(max_entries=2)
-    keys = [wc.ModuleHash.sha256(bytes([i])) for i in range(3)]
+    keys = [default_key(bytes([i])) for i in range(3)]
     mem.save(keys[0], engine, add_module)
     mem.save(keys[1], engine, add_module)
     mem.load(keys[0], engine)  # 0 is now the most recently used
@@ -276,8 +282,9 @@ def _fill(cache, engine, count):
     keys = []
     for i in range(count):
         wasm = synth.data_module(64 << 10, seed=100 + i)
-        key = wc.ModuleHash.sha256(wasm)
+        key = default_key(wasm)
         cache.save(key, engine, wasmtime.Module(engine, wasm))
+        assert cache.wait_housekeeping(timeout=60)  # automatic pruning, if any
         keys.append(key)
     return keys
 
@@ -301,7 +308,7 @@ def test_prune_removes_least_recently_used(tmp_path, engine):
 def test_prune_keeps_loaded_modules_valid(tmp_path, engine):
     cache = wc.FileSystemCache(tmp_path)
     wasm = synth.data_module(1 << 20, seed=9)
-    key = wc.ModuleHash.sha256(wasm)
+    key = default_key(wasm)
     cache.save(key, engine, wasmtime.Module(engine, wasm))
     module = cache.load(key, engine)
     cache.prune(max_bytes=0)
@@ -337,6 +344,7 @@ def test_prune_removes_empty_engine_folders_and_ignores_strangers(tmp_path, engi
 def test_automatic_prune_after_save(tmp_path, engine):
     cache = wc.FileSystemCache(tmp_path, max_bytes=300_000, prune_interval=0)
     keys = _fill(cache, engine, 5)
+    assert cache.wait_housekeeping(timeout=60)
     total = sum(e.size for e in cache.entries())
     assert total <= 300_000
     assert cache.contains(keys[-1], engine)
@@ -355,16 +363,16 @@ def test_entries_ignore_foreign_names(cache, engine, add_module, key):
     (folder / "0123456789abcdef.bin").write_text("lowercase: not an entry name")
     (folder / "foo.bin").write_text("x")
     (cache.cache_dir / "0123456789ABCDEF.bin").write_text("outside an engine folder")
-    assert [e.key for e in cache.entries()] == [key]
+    assert [e.key.digest for e in cache.entries()] == [key.digest]
 
 
 def test_verify_entries(cache, engine, add_module, key):
     cache.save(key, engine, add_module)
-    other = wc.ModuleHash.sha256(b"other")
+    other = default_key(b"other")
     bad_path = cache.path(other, engine)
     bad_path.write_bytes(cache.path(key, engine).read_bytes()[:-30] + b"\0" * 30)
     bad = cache.verify_entries()
-    assert [e.key for e, _ in bad] == [other]
+    assert [e.key.digest for e, _ in bad] == [other.digest]
     assert bad_path.exists()
     cache.verify_entries(fix=True)
     assert not bad_path.exists()

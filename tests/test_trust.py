@@ -27,6 +27,13 @@ import wasmcache as wc
 from conftest import call_add
 from support import VICTIM_WAT, forge_xxh64_collision
 from wasmcache import direct, lzw, names
+from wasmcache.hashing import DEFAULT_ALGORITHM
+
+
+def default_key(data: bytes) -> wc.ModuleHash:
+    """The key load_or_compile computes for ``data``."""
+    return wc.ModuleHash.of(DEFAULT_ALGORITHM, data)
+
 
 # -- an XXH64 collision -------------------------------------------------------------------
 
@@ -121,7 +128,7 @@ def test_a_folder_filled_by_another_user_is_refused(shared_tmp, collision, caplo
     victim, forged = collision
     nobody = _nobody()
     engine = wasmtime.Engine()
-    key = wc.ModuleHash.sha256(victim)
+    key = default_key(victim)
     forged_module = wasmtime.Module(engine, forged)
     wc.engine_id(engine)
 
@@ -146,14 +153,14 @@ def test_a_folder_filled_by_another_user_is_refused(shared_tmp, collision, caplo
 def test_a_root_owned_read_only_cache_serves_other_users(shared_tmp, add_wasm):
     cache = wc.FileSystemCache(shared_tmp / "image-cache")
     engine = wasmtime.Engine()
-    cache.save(wc.ModuleHash.sha256(add_wasm), engine, wasmtime.Module(engine, add_wasm))
+    cache.save(default_key(add_wasm), engine, wasmtime.Module(engine, add_wasm))
     for path in [cache.cache_dir, *cache.cache_dir.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
 
     def use() -> str:
         assert os.geteuid() != 0
         reader = wc.FileSystemCache(cache.cache_dir)
-        module = reader.load(wc.ModuleHash.sha256(add_wasm), engine)  # a hit, not a miss
+        module = reader.load(default_key(add_wasm), engine)  # a hit, not a miss
         return f"add {call_add(engine, module)}"
 
     assert _as_user(_nobody(), use) == "add 5"
@@ -212,7 +219,8 @@ def test_a_symlinked_cache_folder_is_resolved_once(tmp_path, key, engine, add_mo
     assert cache.contains(key, engine)
 
 
-def test_a_hard_linked_entry_is_not_loaded(cache, key, engine, add_module, add_wasm, tmp_path):
+def test_a_hard_linked_entry_is_not_loaded(cache, engine, add_module, add_wasm, tmp_path):
+    key = default_key(add_wasm)
     cache.save(key, engine, add_module)
     os.link(cache.path(key, engine), tmp_path / "second-name")
     with pytest.raises(wc.UnsafeEntryError, match="2 links"):
@@ -244,7 +252,7 @@ def root_only(tmp_path: Path) -> Path:
 def test_a_link_at_the_lock_name_is_not_followed(tmp_path, add_wasm, root_only):
     cache = wc.FileSystemCache(tmp_path / "c")
     engine = wasmtime.Engine()
-    key = wc.ModuleHash.sha256(add_wasm)
+    key = default_key(add_wasm)
     lock = Path(names.lock_path(str(cache.path(key, engine))))
     lock.parent.mkdir(parents=True, mode=0o700)
     lock.symlink_to(root_only / "created-through-link")
@@ -260,7 +268,7 @@ def test_links_at_the_prune_lock_and_stamp_are_not_followed(tmp_path, engine, ro
         (folder / name).symlink_to(root_only / name)
     cache = wc.FileSystemCache(folder, max_bytes=1, prune_interval=0)
     wasm = wasmtime.wat2wasm(VICTIM_WAT)
-    cache.save(wc.ModuleHash.sha256(wasm), engine, wasmtime.Module(engine, wasm))
+    cache.save(default_key(wasm), engine, wasmtime.Module(engine, wasm))
     assert list(root_only.iterdir()) == []
 
 
@@ -276,25 +284,27 @@ def test_a_link_at_an_index_record_is_not_followed(tmp_path, add_wasm, root_only
     cache_dir = tmp_path / "c"
     engine = wasmtime.Engine()
     cache = wc.FileSystemCache(cache_dir)
-    cache.save(wc.ModuleHash.sha256(add_wasm), engine, wasmtime.Module(engine, add_wasm))
-    record = Path(
-        names.index_record_path(
-            str(cache.cache_dir), direct._record_name(direct.stamp_of(os.stat(source)), "sha256")
-        )
-    )
+    cache.save(default_key(add_wasm), engine, wasmtime.Module(engine, add_wasm))
+    record = Path(names.index_log_path(str(cache.cache_dir)))
     record.parent.mkdir(mode=0o700)
     forged = root_only / "record"
-    forged.write_bytes(
-        direct._record_text(direct.stamp_of(os.stat(source)), wc.ModuleHash.sha256(b"x"))
-    )
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        mark = (direct.stamp_of(os.fstat(fd)), direct.mount_of(fd, os.fstat(fd)) or "")
+    finally:
+        os.close(fd)
+    planted = direct._record_line(mark, default_key(b"x"))
+    forged.write_bytes(planted)
     record.symlink_to(forged)
     direct._memory.clear()
     assert call_add(engine, cache.load_or_compile(engine, source)) == 5
-    assert not record.is_symlink()  # replaced by a real record, the link's target untouched
-    assert forged.read_bytes().endswith(f"{wc.ModuleHash.sha256(b'x')}\n".encode())
+    assert not record.is_symlink()  # replaced by a real log, the link's target untouched
+    assert forged.read_bytes() == planted
+    assert planted not in record.read_bytes()
 
 
-def test_a_fifo_at_an_entry_name_answers_at_once(cache, key, engine, add_module, add_wasm):
+def test_a_fifo_at_an_entry_name_answers_at_once(cache, engine, add_module, add_wasm):
+    key = default_key(add_wasm)
     path = cache.path(key, engine)
     path.parent.mkdir(parents=True, mode=0o700)
     os.mkfifo(path)
@@ -356,7 +366,7 @@ def test_memory_cache_lets_engines_go(add_wasm):
 
     memory = wc.MemoryCache()
     engine = wasmtime.Engine()
-    memory.save(wc.ModuleHash.sha256(add_wasm), engine, wasmtime.Module(engine, add_wasm))
+    memory.save(default_key(add_wasm), engine, wasmtime.Module(engine, add_wasm))
     gone = weakref.ref(engine)
     del engine
     gc.collect()
@@ -414,11 +424,21 @@ def test_housekeeping_keeps_a_held_lock(housekeeping, tmp_path, key, engine, add
         holder.wait()
 
 
-def test_a_free_lock_file_is_removed_by_cleanup(tmp_path, key, engine, add_module):
+def test_a_released_compile_lock_leaves_no_file(tmp_path, key, engine):
     cache = wc.FileSystemCache(tmp_path / "c")
-    with cache.compile_lock(key, engine):
-        pass
     lock = Path(names.lock_path(str(cache.path(key, engine))))
+    with cache.compile_lock(key, engine):
+        assert lock.exists()
+    assert not lock.exists()  # removed by its holder, under its flock
+
+
+def test_a_free_lock_file_is_removed_by_cleanup(tmp_path, key, engine, add_module):
+    """A lock file left behind (a holder killed before its release) goes with cleanup."""
+    cache = wc.FileSystemCache(tmp_path / "c")
+    lock = Path(names.lock_path(str(cache.path(key, engine))))
+    with cache.compile_lock(key, engine):
+        os.link(lock, tmp_path / "kept")  # so that the file outlives its release
+    os.rename(tmp_path / "kept", lock)
     assert lock.exists()
     assert cache.cleanup(older_than=0) == 1
     assert not lock.exists()
@@ -437,7 +457,7 @@ def test_a_failing_flock_degrades_to_the_thread_lock(
     cache = wc.FileSystemCache(tmp_path / "c")
     with caplog.at_level(logging.WARNING, logger="wasmcache"):
         assert call_add(engine, cache.load_or_compile(engine, add_wasm)) == 5
-        with cache.compile_lock(wc.ModuleHash.sha256(b"other"), engine):
+        with cache.compile_lock(default_key(b"other"), engine):
             pass
     assert caplog.text.count("file locks do not work") == 1
 
@@ -450,7 +470,7 @@ def test_saves_survive_aggressive_pruning(tmp_path, engine):
     modules = []
     for i in range(4):
         wasm = wasmtime.wat2wasm(f'(module (func (export "f") (result i32) i32.const {i}))')
-        modules.append((wc.ModuleHash.sha256(wasm), wasmtime.Module(engine, wasm)))
+        modules.append((default_key(wasm), wasmtime.Module(engine, wasm)))
     stop = threading.Event()
     failures: list[BaseException] = []
 
@@ -624,10 +644,10 @@ def test_files_of_another_user_are_not_read_nor_used(tmp_path, key, engine, add_
     nobody = _nobody()
     cache = wc.FileSystemCache(tmp_path / "c", max_bytes=1 << 40, prune_interval=3600)
     cache.save(key, engine, add_module)
-    with cache.compile_lock(key, engine):
-        pass
+    assert cache.wait_housekeeping(timeout=60)
     path = cache.path(key, engine)
     lock = Path(names.lock_path(str(path)))
+    lock.touch(mode=0o600)  # as a holder killed before its release leaves it
     stamp = cache.cache_dir / names.PRUNE_STAMP
     stamp.touch()
     for planted in (path, lock, stamp):
@@ -638,7 +658,26 @@ def test_files_of_another_user_are_not_read_nor_used(tmp_path, key, engine, add_
     with caplog.at_level(logging.WARNING, logger="wasmcache"):
         with cache.compile_lock(key, engine):
             pass
-        cache.save(wc.ModuleHash.sha256(b"other"), engine, add_module)
+        cache._prune_due = 0.0  # due again: the stamp, not this process, decides
+        cache.save(default_key(b"other"), engine, add_module)
+        assert cache.wait_housekeeping(timeout=60)
+    assert lock.exists()  # not ours: neither used nor removed
     assert f"not using lock file {lock}" in caplog.text and f"uid {nobody.pw_uid}" in caplog.text
     assert f"automatic pruning of {cache.cache_dir} skipped" in caplog.text
     assert stamp.stat() == before  # neither touched nor made group-writable
+
+
+def test_shared_group_takes_a_bool_a_group_name_or_a_gid(tmp_path):
+    import grp
+
+    own = grp.getgrgid(os.getegid())
+    for value, named in ((False, None), (True, None), (own.gr_name, own.gr_gid), (5, 5)):
+        cache = wc.FileSystemCache(tmp_path / "c", shared_group=value)
+        assert cache.shared_group is (value is not False)
+        assert cache._named_gid == named
+    with pytest.raises(ValueError, match="names no group"):
+        wc.FileSystemCache(tmp_path / "c", shared_group="no-such-group-of-wasmcache")
+    with pytest.raises(ValueError, match="negative"):
+        wc.FileSystemCache(tmp_path / "c", shared_group=-1)
+    with pytest.raises(TypeError, match="shared_group"):
+        wc.FileSystemCache(tmp_path / "c", shared_group=1.5)  # type: ignore[arg-type]

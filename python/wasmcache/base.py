@@ -15,7 +15,7 @@ import wasmtime
 from wasmcache import direct, kinds, locks
 from wasmcache.direct import Index
 from wasmcache.engine import engine_id
-from wasmcache.entry import Origin
+from wasmcache.entry import MAX_SOURCE, Origin
 from wasmcache.errors import (
     CacheError,
     DeserializeError,
@@ -49,6 +49,17 @@ def read_wasm(wasm: WasmSource) -> bytes:
     if isinstance(wasm, (str, os.PathLike)):
         return direct.read_source(os.fspath(wasm))[0]
     raise TypeError(f"wasm must be bytes-like or a path, not {type(wasm).__name__}")
+
+
+def source_name(path: Union[str, bytes, None]) -> Optional[str]:
+    """What an entry records as its source for ``path``: the file's name as
+    ``os.fsdecode`` gives it, its last :data:`~wasmcache.entry.MAX_SOURCE` characters if
+    longer, None for no path or a name an entry cannot hold (so recording it never
+    fails)."""
+    if not path:
+        return None
+    name = os.path.basename(os.fsdecode(path))[-MAX_SOURCE:]
+    return name if name and "\0" not in name else None
 
 
 class ModuleCache(abc.ABC):
@@ -122,13 +133,20 @@ class ModuleCache(abc.ABC):
         or a ``wasmtime.component.Component`` when the binary is a component. Loaded from
         the cache, or compiled and saved on a miss (or after a corrupt entry was removed).
 
-        ``key`` defaults to the SHA-256 of the bytes; for a path it comes from the file's
+        ``key`` defaults to the BLAKE3 of the bytes; for a path it comes from the file's
         stamp when the cache has seen that file unchanged before and trusts its stamps
         (direct mode, see :attr:`direct`), so a hit neither reads nor hashes it. A key
         given for a path is used as it is, for the load and the save. A failure to save
         is logged, not raised: the caller still gets its module. A cache that is not
         private is not used at all (one warning).
         """
+        return self._load_or_compile(engine, wasm, key)[0]
+
+    def _load_or_compile(
+        self, engine: wasmtime.Engine, wasm: WasmSource, key: Optional[ModuleHash]
+    ) -> tuple[Compiled, ModuleHash]:
+        """:meth:`load_or_compile`, and the key it loaded or saved under (for a file that
+        changed since its stamp was taken, the key of the bytes compiled)."""
         if not isinstance(engine, wasmtime.Engine):
             raise TypeError(f"expected a wasmtime.Engine, got {type(engine).__name__}")
         data: Optional[bytes] = None
@@ -151,13 +169,13 @@ class ModuleCache(abc.ABC):
         kind = kinds.of_wasm(data) if data is not None else None
         module = self._try_load(key, engine, kind)
         if module is not None:
-            return module
+            return module, key
         if self._unusable is not None:
-            return kinds.compile(engine, data if data is not None else read_wasm(wasm))
+            return kinds.compile(engine, data if data is not None else read_wasm(wasm)), key
         with self.compile_lock(key, engine):
             module = self._try_load(key, engine, kind)  # compiled by someone else meanwhile?
             if module is not None:
-                return module
+                return module, key
             if data is None:
                 assert path is not None
                 data = read_wasm(path)
@@ -169,16 +187,16 @@ class ModuleCache(abc.ABC):
                     key = actual
             start = time.perf_counter()
             module = kinds.compile(engine, data)
-            origin = Origin(
-                os.path.basename(path) if path else None,
-                len(data),
-                round(time.perf_counter() - start, 3),
-            )
+            seconds = time.perf_counter() - start
+            from wasmcache import metrics  # the compile tier's counters
+
+            metrics.counters(self).compiled(seconds)
+            origin = Origin(source_name(path), len(data), round(seconds, 3))
             try:
                 self.save(key, engine, module, origin=origin)
             except CacheError as exc:
                 log.warning("compiled %s but could not cache it: %s", key, exc)
-            return module
+            return module, key
 
     #: Set (to the error) once this cache was found unusable for load_or_compile.
     _unusable: Optional[UnsafeCacheError] = None

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import json
 import logging
 import os
 import re
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional, TypeVar, Union, cast
 
 import wasmtime
 
-from wasmcache import direct, kinds, options, runner, synth
+from wasmcache import kinds, options, runargs, runner
 from wasmcache.base import ModuleCache, read_wasm
 from wasmcache.config import default_cache_dir
 from wasmcache.display import shown
@@ -25,11 +24,14 @@ from wasmcache.engine import engine_id
 from wasmcache.errors import CacheError
 from wasmcache.failures import Failed, cause_lines, report
 from wasmcache.filesystem import FileSystemCache
-from wasmcache.hashing import DEFAULT_ALGORITHM, ModuleHash
+from wasmcache.hashing import ModuleHash
 from wasmcache.kinds import Compiled
 from wasmcache.options import Settings
 from wasmcache.progress import elapsed
 from wasmcache.runner import Guest, GuestError, UsageError, guest_env
+
+if TYPE_CHECKING:
+    import argparse
 
 _SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(?:i?B)?\s*", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -155,21 +157,22 @@ def _compile(
     engine: wasmtime.Engine,
     path: str,
     wasm: Optional[bytes] = None,
-) -> Compiled:
+) -> tuple[Compiled, Optional[ModuleHash]]:
     """The module or component at ``path`` (or ``wasm``, its bytes): from the cache, or
     compiled (and cached), saying so on stderr when that takes a while; Ctrl-C ends the
-    process at once. Failed names the file and wasmtime's causes."""
+    process at once. Also the key it was loaded or saved under (None without a cache).
+    Failed names the file and wasmtime's causes."""
     try:
         size = human(len(wasm) if wasm is not None else os.stat(path).st_size)
     except OSError as exc:
         raise Failed(f"cannot read {path}", exc) from exc
     source: Union[bytes, str] = wasm if wasm is not None else path
 
-    def work() -> Compiled:
+    def work() -> tuple[Compiled, Optional[ModuleHash]]:
         if cache is None:
             data = wasm if wasm is not None else read_wasm(path)
-            return kinds.compile(engine, data)
-        return cache.load_or_compile(engine, source)
+            return kinds.compile(engine, data), None
+        return cache._load_or_compile(engine, source, None)
 
     try:
         with elapsed(f"compiling {shown(os.path.basename(path))} ({size})"):
@@ -180,7 +183,7 @@ def _compile(
 
 def compile_source(cache: Optional[ModuleCache], engine: wasmtime.Engine, path: str) -> Compiled:
     """:func:`_compile` of a binary, a text file or standard input (``-``)."""
-    return _compile(cache, engine, path, source_bytes(path))
+    return _compile(cache, engine, path, source_bytes(path))[0]
 
 
 # -- the fleet tier and its keys ------------------------------------------------------------
@@ -288,12 +291,8 @@ def cmd_compile(args: argparse.Namespace, cache: FileSystemCache) -> int:
     failed = 0
     for path in args.files:
         start = time.perf_counter()
-        wasm = source_bytes(path)
-        _compile(stack, engine, path, wasm)
-        if wasm is None:
-            key, _ = direct.key_of_file(path, DEFAULT_ALGORITHM, None)
-        else:
-            key = ModuleHash.of(DEFAULT_ALGORITHM, wasm)
+        _, key = _compile(stack, engine, path, source_bytes(path))
+        assert key is not None
         try:
             cached = cache.contains(key, engine)
         except CacheError:
@@ -360,43 +359,74 @@ def cmd_ls(args: argparse.Namespace, cache: FileSystemCache) -> int:
 
 
 def cmd_stats(args: argparse.Namespace, cache: FileSystemCache) -> int:
-    rows = _entry_rows(cache)
-    folders: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        folder = folders.setdefault(
-            row["engine"], {"entries": 0, "bytes": 0, "compile_seconds": 0.0}
-        )
-        folder["entries"] += 1
-        folder["bytes"] += row["bytes"]
-        folder["compile_seconds"] += row["compile_seconds"] or 0.0
-    stats = {
-        "cache_dir": str(cache.cache_dir),
-        "engine_id": engine_id(cli_engine(args)),
-        "entries": len(rows),
-        "bytes": sum(r["bytes"] for r in rows),
-        "modules": sum(1 for r in rows if r["kind"] == "module"),
-        "components": sum(1 for r in rows if r["kind"] == "component"),
-        # What rebuilding the cache would cost (entries that recorded their compile time).
-        "compile_seconds": round(sum(r["compile_seconds"] or 0.0 for r in rows), 3),
-        "engine_folders": folders,
-        "oldest_use": min((r["last_used"] for r in rows), default=None),
-        "newest_use": max((r["last_used"] for r in rows), default=None),
+    from wasmcache import metrics
+
+    summary = cache.summary()
+    kept = metrics.MetricsFile(str(cache.cache_dir), shared_group=cache.shared_group)
+    refused: Optional[str] = None
+    try:
+        counted = kept.read()
+    except metrics.BadMetrics as exc:
+        counted, refused = {}, str(exc)
+    counters = metrics.merge((metrics.Counters("filesystem").snapshot(), counted))
+    if refused is not None:
+        print(f"wasmcache: warning: metrics not shown: {shown(refused)}", file=sys.stderr)
+    fmt = "json" if args.json else args.format
+    if fmt == "prometheus":
+        sys.stdout.write(metrics.prometheus_text(counters))
+        return 0
+    folders = {
+        name: {
+            "entries": part.entries,
+            "bytes": part.bytes,
+            "compile_seconds": round(part.compile_seconds, 3),
+        }
+        for name, part in summary.items()
     }
-    if args.json:
+    parts = list(summary.values())
+    used = [u for part in parts for u in (part.oldest_use, part.newest_use) if u is not None]
+    entries, total = sum(p.entries for p in parts), sum(p.bytes for p in parts)
+    modules, components = sum(p.modules for p in parts), sum(p.components for p in parts)
+    # What rebuilding the cache would cost (entries that recorded their compile time).
+    held = round(sum(p.compile_seconds for p in parts), 3)
+    if fmt == "json":
+        stats = {
+            "cache_dir": str(cache.cache_dir),
+            "engine_id": engine_id(cli_engine(args)),
+            "entries": entries,
+            "bytes": total,
+            "modules": modules,
+            "components": components,
+            "compile_seconds": held,
+            "engine_folders": folders,
+            "oldest_use": min(used, default=None),
+            "newest_use": max(used, default=None),
+            # Summed over every process that used the folder (see wasmcache.metrics).
+            "metrics": counters,
+            "metrics_refused": refused,
+        }
         print(json.dumps(stats, indent=2))
         return 0
-    print(f"cache folder: {shown(stats['cache_dir'])}")
+    print(f"cache folder: {shown(cache.cache_dir)}")
     print(
-        f"entries:      {_count(stats['entries'], 'entry', 'entries')} ({human(stats['bytes'])}): "
-        f"{_count(stats['modules'], 'module', 'modules')}, "
-        f"{_count(stats['components'], 'component', 'components')}"
+        f"entries:      {_count(entries, 'entry', 'entries')} ({human(total)}): "
+        f"{_count(modules, 'module', 'modules')}, "
+        f"{_count(components, 'component', 'components')}"
     )
-    print(f"compile time held: {stats['compile_seconds']:.1f} s (what a new cache would spend)")
+    print(f"compile time held: {held:.1f} s (what a new cache would spend)")
     for name, folder in sorted(folders.items()):
         print(
-            f"  {shown(name)}: {_count(folder['entries'], 'entry', 'entries')}, "
+            f"  {shown(name)}: {_count(int(folder['entries']), 'entry', 'entries')}, "
             f"{human(folder['bytes'])}, {folder['compile_seconds']:.1f} s of compiling"
         )
+    if refused is None:
+        print("since counting began (every process that used this folder):")
+        for tier, values in counters.items():
+            shown_values = ", ".join(
+                f"{name} {value:.1f}" if name in metrics.SECONDS else f"{name} {value}"
+                for name, value in values.items()
+            )
+            print(f"  {tier}: {shown_values}")
     return 0
 
 
@@ -425,6 +455,10 @@ def cmd_clear(args: argparse.Namespace, cache: FileSystemCache) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, cache: FileSystemCache) -> int:
+    import tempfile
+
+    from wasmcache import synth
+
     functions, data_mb = args.functions, args.data_mb
     with tempfile.TemporaryDirectory(prefix="wasmcache-demo-") as scratch:
         demo_cache = FileSystemCache(Path(scratch) / "cache")
@@ -498,6 +532,8 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
 def _global_options(parser: argparse.ArgumentParser, below: bool) -> None:
     """The options every command takes, before or after its name (``below``: in a
     subcommand, where an absent option leaves the value given before it)."""
+    import argparse
+
     default: Any = argparse.SUPPRESS if below else None
     parser.add_argument(
         "--cache-dir", default=default,
@@ -524,17 +560,62 @@ def _global_options(parser: argparse.ArgumentParser, below: bool) -> None:
     )  # fmt: skip
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: The options taken before a command, in the exact spellings :func:`command_named`
+#: looks past: the flags, and those that take a value.
+_GLOBAL_FLAGS = frozenset({"-v", "--verbose"})
+_GLOBAL_VALUED = frozenset(
+    {"--cache-dir", "--remote", "--endpoint", "--signing-key", "--trusted-key"}
+)
+
+
+def command_named(argv: Sequence[str]) -> Optional[str]:
+    """The command ``argv`` runs, when only global options in their exact spellings
+    come before it; None otherwise (help, an abbreviation, no command)."""
+    position = 0
+    while position < len(argv):
+        arg = argv[position]
+        if arg in _GLOBAL_FLAGS:
+            position += 1
+        elif arg in _GLOBAL_VALUED:
+            position += 2
+        elif arg.partition("=")[0] in _GLOBAL_VALUED:
+            position += 1
+        else:
+            return None if arg.startswith("-") else arg
+    return None
+
+
+class _Skipped:
+    """Stands in for the parser of a command that is not being run: whatever it is
+    given is dropped (building the parsers of every command costs milliseconds)."""
+
+    def __getattr__(self, name: str) -> Callable[..., _Skipped]:
+        return self._drop
+
+    def _drop(self, *args: Any, **kwargs: Any) -> _Skipped:
+        return self
+
+
+def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
+    """The command line's parser; with ``only``, a command's name, the one of that
+    command alone (parses its arguments exactly as the whole parser does)."""
+    import argparse
+
+    from wasmcache.helpformat import Formatter, version_action
+
     parser = argparse.ArgumentParser(
         prog="wasmcache",
         description="Cache of compiled WebAssembly modules and components for wasmtime.",
+        formatter_class=Formatter,
     )
     _global_options(parser, below=False)
-    parser.add_argument("--version", action="version", version=_versions())
+    parser.add_argument("--version", action=version_action(_versions))
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(name: str, handler: Any, text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=text, description=text)
+        if only is not None and name != only:
+            return cast(argparse.ArgumentParser, _Skipped())
+        p = sub.add_parser(name, help=text, description=text, formatter_class=Formatter)
         _global_options(p, below=True)
         p.set_defaults(handler=handler, parser=p)
         return p
@@ -573,10 +654,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, handler, text in (
         ("ls", cmd_ls, "list entries"),
-        ("stats", cmd_stats, "entries and bytes per engine folder"),
+        ("stats", cmd_stats, "entries and bytes per engine folder, counters of every process"),
     ):
         p = command(name, handler, text)
         p.add_argument("--json", action="store_true", help="machine-readable output")
+        if name == "stats":
+            p.add_argument(
+                "--format", choices=("text", "json", "prometheus"), default="text",
+                help="text (default), json (as --json), or prometheus: the counters in "
+                "Prometheus's text exposition format",
+            )  # fmt: skip
 
     verify = command("verify", cmd_verify, "check every entry's length and checksum")
     verify.add_argument("--fix", action="store_true", help="remove the bad entries")
@@ -598,6 +685,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Every command's name.
+COMMANDS = frozenset(
+    {"run", "compile", "ls", "stats", "verify", "prune", "clear", "keygen", "demo"}
+)
 _S3_EXTRA = {"obstore", "zstandard", "cryptography"}
 
 
@@ -615,16 +706,82 @@ def _missing_extra(exc: ImportError) -> Optional[str]:
     return None
 
 
+class _Arguments:
+    """What :func:`wasmcache.runargs.parse` read, as argparse's namespace has it."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.__dict__.update(values)
+
+
+def _namespace(values: dict[str, Any], *, handler: Any) -> argparse.Namespace:
+    """The namespace argparse would give for ``values`` (its parser made if needed)."""
+    return cast("argparse.Namespace", _Arguments({**values, "handler": handler, "parser": None}))
+
+
+def _command_parser(command: str) -> argparse.ArgumentParser:
+    """The parser of ``command`` (``run``: the one command read without argparse), for
+    its usage line."""
+    found: argparse.ArgumentParser = (
+        build_parser(command).parse_known_args([command, "-"])[0].parser
+    )
+    return found
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the process with ``code`` as the interpreter's own exit would, less its
+    teardown (freeing every object and module, which for a mapped program costs tens of
+    milliseconds): other non-daemon threads are joined, exit handlers run (temp folders
+    are removed, logs flushed) and stdout and stderr are flushed (a failed flush exits
+    120, as Python does); files the guest wrote were written by system calls and are
+    closed by the kernel."""
+    current = threading.current_thread()
+    for thread in threading.enumerate():
+        if thread is not current and not thread.daemon:
+            thread.join()
+    import atexit
+
+    run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
+    if run_exit_handlers is not None:
+        with contextlib.suppress(BaseException):  # atexit reports them, as at any exit
+            run_exit_handlers()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            code = 120
+    os._exit(code)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The command with ``argv`` (default: the process's arguments); its exit code.
+
+    Without ``argv`` (the console script and ``python -m wasmcache``), ``run`` ends the
+    process through :func:`exit_now` once the guest is done, skipping the interpreter's
+    teardown; with ``argv`` the code is returned."""
+    code, ran = _main(argv)
+    if argv is None and ran:
+        exit_now(code)
+    return code
+
+
+def _main(argv: Optional[Sequence[str]]) -> tuple[int, bool]:
+    """The exit code, and whether it is a guest's (``run`` went through to its end)."""
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:
             reconfigure(errors="backslashreplace")
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:  # bare `wasmcache`: say what it can do
-        parser.print_help()
-        return 0
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    quick = runargs.parse(arguments)
+    if quick is not None:
+        args = _namespace(quick, handler=cmd_run)
+    else:
+        named = command_named(arguments)
+        parser = build_parser(named if named in COMMANDS else None)
+        args = parser.parse_args(arguments)
+        if args.command is None:  # bare `wasmcache`: say what it can do
+            parser.print_help()
+            return 0, False
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="wasmcache: %(levelname)s: %(message)s",
@@ -632,27 +789,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     handler: Callable[[argparse.Namespace, FileSystemCache], int] = args.handler
     try:
         cache = FileSystemCache(args.cache_dir or default_cache_dir())
-        return handler(args, cache)
+        return handler(args, cache), args.command == "run"
     except UsageError as exc:
-        args.parser.print_usage(sys.stderr)
+        (args.parser or _command_parser(args.command)).print_usage(sys.stderr)
         print(f"wasmcache {args.command}: error: {shown(str(exc))}", file=sys.stderr)
-        return 2
+        return 2, False
     except Failed as exc:
         if args.verbose:
             raise
         report(exc.what, cause_lines(exc.cause))
-        return 1
+        return 1, False
     except ImportError as exc:
         line = _missing_extra(exc)
         if args.verbose or line is None:
             raise
         report(line, [])
-        return 1
+        return 1, False
     except (CacheError, OSError, wasmtime.WasmtimeError, ValueError, GuestError) as exc:
         if args.verbose:
             raise
         lines = cause_lines(exc)
         report(lines[0], lines[1:])
-        return 1
+        return 1, False
     except KeyboardInterrupt:
-        return 130
+        return 130, False

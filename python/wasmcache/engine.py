@@ -11,6 +11,7 @@ import xxhash
 
 from wasmcache.elf import elf_section
 from wasmcache.errors import EngineIdError
+from wasmcache.kinds import wasmtime_version
 
 _EMPTY_MODULE = b"\0asm\x01\0\0\0"
 _ENGINE_SECTION = ".wasmtime.engine"
@@ -28,10 +29,8 @@ def _compute(engine: wasmtime.Engine) -> str:
             "wasmtime's artifact has no .wasmtime.engine section: this wasmtime release "
             "is not supported"
         )
-    import importlib.metadata  # imported on first use: slow to import
-
     # The section holds the wasmtime version, target, flags, tunables and features.
-    version = _UNSAFE.sub("_", importlib.metadata.version("wasmtime"))
+    version = _UNSAFE.sub("_", wasmtime_version())
     return f"wasmtime-{version}-{xxhash.xxh3_64_hexdigest(section)}"
 
 

@@ -15,7 +15,6 @@ artifact (what ``Module.serialize()`` writes) and an LZW stream of one (see
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import mmap
@@ -27,7 +26,9 @@ from typing import Any, Literal, NamedTuple, Optional, Union
 
 import xxhash
 
+from wasmcache import schema
 from wasmcache.elf import ELF_HEADER_SIZE, ELF_MAGIC, elf_extent
+from wasmcache.hashing import ModuleHash
 from wasmcache.kinds import KINDS, Kind, wasmtime_version
 
 Buffer = Union[bytes, bytearray, memoryview]
@@ -46,6 +47,10 @@ _MAX_VERSION = 64  # characters of a wasmtime version
 _MAX_SIZE = (1 << 63) - 1
 _MAX_DEPTH = 8  # nesting of JSON arrays and objects in metadata, however unknown
 _CHECKSUM = re.compile(r"[0-9a-f]{16}")
+#: What an entry records of the name it was saved under (as the remote manifest spells it).
+_ENGINE_ID = re.compile(r"[A-Za-z0-9._-]{1,255}")
+_KEY_ALGORITHM = re.compile(r"[a-z0-9]{1,16}")
+_KEY = re.compile(r"[0-9A-F]{16,128}")
 
 
 class Corrupt(Exception):
@@ -124,6 +129,23 @@ class Info(NamedTuple):
     wasmtime: Optional[str] = None
     artifact_length: Optional[int] = None
     artifact_checksum: Optional[int] = None
+    #: The engine id and key the entry was saved under (None in entries written before
+    #: entries recorded them).
+    engine_id: Optional[str] = None
+    key_algorithm: Optional[str] = None
+    key: Optional[str] = None  # the digest in uppercase hex
+
+    def names_other(self, key: ModuleHash, engine_id: str) -> Optional[str]:
+        """Why an entry with this description may not stand for ``key`` and
+        ``engine_id`` (it records another), or None; an entry that records neither
+        stands for whatever name it is found under."""
+        if self.key is not None and (self.key_algorithm, self.key) != (key.algorithm, str(key)):
+            return (
+                f"it was saved under key {self.key_algorithm}:{self.key}, not {key.algorithm}:{key}"
+            )
+        if self.engine_id is not None and self.engine_id != engine_id:
+            return f"it was saved for engine {self.engine_id}, not {engine_id}"
+        return None
 
 
 class Sealed(NamedTuple):
@@ -135,6 +157,7 @@ class Sealed(NamedTuple):
     kind: Kind
     artifact_length: int
     artifact_checksum: int
+    names: tuple[Optional[str], Optional[str], Optional[str]]  # engine id, key algorithm, key
 
 
 def checksum(payload: Buffer) -> int:
@@ -142,11 +165,25 @@ def checksum(payload: Buffer) -> int:
     return xxhash.xxh3_64_intdigest(payload)
 
 
-def seal(artifact: Buffer, kind: Kind, origin: Optional[Origin] = None) -> Sealed:
-    """The metadata block and trailer of a new entry for ``artifact``."""
+def seal(
+    artifact: Buffer,
+    kind: Kind,
+    origin: Optional[Origin] = None,
+    *,
+    key: Optional[ModuleHash] = None,
+    engine_id: Optional[str] = None,
+) -> Sealed:
+    """The metadata block and trailer of a new entry for ``artifact``, recording the
+    ``key`` and ``engine_id`` it is saved under when given."""
     check_origin(origin)
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+    if key is not None and not isinstance(key, ModuleHash):
+        raise TypeError(f"key must be a ModuleHash or None, not {type(key).__name__}")
+    if engine_id is not None and not (
+        isinstance(engine_id, str) and _ENGINE_ID.fullmatch(engine_id)
+    ):
+        raise ValueError(f"not an engine id: {engine_id!r}")
     origin = origin or Origin()
     hasher = xxhash.xxh3_64(artifact)
     artifact_checksum = hasher.intdigest()
@@ -160,14 +197,19 @@ def seal(artifact: Buffer, kind: Kind, origin: Optional[Origin] = None) -> Seale
         "artifact_length": len(artifact),
         "artifact_checksum": f"{artifact_checksum:016x}",
     }
+    if engine_id is not None:
+        meta["engine_id"] = engine_id
+    if key is not None:
+        meta["key_algorithm"], meta["key"] = key.algorithm, str(key)
     block = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
     block += _META_LENGTH.pack(len(block))
     hasher.update(block)
     payload_length, digest = len(artifact) + len(block), hasher.intdigest()
     trailer = TRAILER.pack(payload_length, digest, MAGIC)
+    names = (engine_id, None if key is None else key.algorithm, None if key is None else str(key))
     return Sealed(
         block + trailer, payload_length + TRAILER_SIZE, digest, kind, len(artifact),
-        artifact_checksum,
+        artifact_checksum, names,
     )  # fmt: skip
 
 
@@ -228,28 +270,33 @@ def read_info(fd: int, size: int) -> Info:
     return info
 
 
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_NOT_BRACKET = re.compile(rb"[^\[\]{}]+")
-_DEPTH_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
+#: Bytes read from an entry's end to describe it in one read (its metadata is shorter).
+_TAIL_READ = 4096
 
 
-def _nesting(raw: bytes) -> int:
-    """How deep the JSON text ``raw`` nests arrays and objects, as a parser reading it
-    from the start would go before it stops (strings are skipped as JSON reads them)."""
-    if raw.count(b"[") + raw.count(b"{") <= _MAX_DEPTH:
-        return 0  # cannot nest deeper than the bound (the common case: one flat object)
-    brackets = _NOT_BRACKET.sub(b"", _STRING.sub(b"", raw))
-    return max(itertools.accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0)
-
-
-def _no_constant(name: str) -> Any:
-    raise Corrupt(f"damaged metadata: {name} is not a number")
-
-
-def _bounded_int(text: str) -> int:
-    if len(text.lstrip("-")) > 20:
-        raise Corrupt("damaged metadata: an integer of more than 20 digits")
-    return int(text)
+def describe(fd: int, size: int) -> Info:
+    """What :func:`inspect` (without the checksum) and then :func:`read_info` give, in
+    one read of the entry's end when its metadata fits in it. Corrupt for a damaged file."""
+    n = min(size, _TAIL_READ)
+    end = size - TRAILER_SIZE - _META_LENGTH.size
+    if end >= 0:
+        tail = os.pread(fd, n, size - n)
+        trailer = read_trailer(tail[-TRAILER_SIZE:])
+        if len(tail) == n and trailer is not None and trailer.magic == MAGIC:
+            if trailer.payload_length != size - TRAILER_SIZE:
+                raise Corrupt(
+                    f"length mismatch: trailer says {trailer.payload_length} bytes, "
+                    f"file holds {size - TRAILER_SIZE}"
+                )
+            at = n - TRAILER_SIZE - _META_LENGTH.size
+            (length,) = _META_LENGTH.unpack_from(tail, at)
+            if length <= min(MAX_META, end, at):
+                info = parse_info(tail[at - length : at])
+                if info.artifact_length != end - length:
+                    raise Corrupt("metadata does not describe this file")
+                return info
+    inspect(fd, size, verify=False)
+    return read_info(fd, size)
 
 
 def _field(meta: dict[str, Any], name: str, types: tuple[type, ...], required: bool) -> Any:
@@ -275,15 +322,86 @@ def _seconds(meta: dict[str, Any], name: str) -> Optional[float]:
     return None if value is None else float(value)
 
 
+_NUMBER = rb"(null|(?:0|[1-9][0-9]{0,19})(?:\.[0-9]{1,20})?(?:[eE][-+]?[0-9]{1,3})?)"
+_INTEGER = rb"(?:0|[1-9][0-9]{0,18})"
+_PLAIN = rb'(null|"[^"\\\x00-\x1f\x7f-\xff]*")'
+#: The metadata exactly as :func:`seal` writes it (sorted keys, no escapes in the
+#: strings): read without the general parser, to the same Info. Every part is anchored
+#: and unambiguous, so a match costs one pass.
+_CANONICAL = re.compile(
+    rb'\{"artifact_checksum":"([0-9a-f]{16})","artifact_length":(' + _INTEGER + rb"),"
+    rb'"compile_seconds":' + _NUMBER + rb',"created":' + _NUMBER + rb","
+    rb'(?:"engine_id":"([A-Za-z0-9._-]{1,255})",)?'
+    rb'(?:"key":"([0-9A-F]{16,128})","key_algorithm":"([a-z0-9]{1,16})",)?'
+    rb'"kind":"(module|component)","source":' + _PLAIN + rb","
+    rb'"wasm_size":(null|' + _INTEGER + rb'),"wasmtime":' + _PLAIN + rb"\}"
+)
+
+
+def _ascii(value: Optional[bytes]) -> Optional[str]:
+    return None if value is None else value.decode("ascii")
+
+
+def _canonical(raw: bytes) -> Optional[Info]:
+    """The Info of metadata in :func:`seal`'s own form, or None for anything else (then
+    the general parser decides)."""
+    match = _CANONICAL.fullmatch(raw)
+    if match is None:
+        return None
+    (digest, length, seconds, created, engine, key, algorithm, kind, source, wasm_size,
+     version) = match.groups()  # fmt: skip
+    if len(source) > MAX_SOURCE + 2 or len(version) > _MAX_VERSION + 2:
+        return None
+    seconds_value = None if seconds == b"null" else float(seconds)
+    created_value = None if created == b"null" else float(created)
+    size = None if wasm_size == b"null" else int(wasm_size)
+    artifact_length = int(length)
+    if (
+        artifact_length > _MAX_SIZE
+        or (size is not None and size > _MAX_SIZE)
+        or (seconds_value is not None and seconds_value == math.inf)
+        or (created_value is not None and created_value == math.inf)
+    ):
+        return None  # out of range: the general parser says why
+    return Info(
+        "module" if kind == b"module" else "component",
+        None if source == b"null" else source[1:-1].decode("ascii"),
+        size,
+        seconds_value,
+        created_value,
+        None if version == b"null" else version[1:-1].decode("ascii"),
+        artifact_length,
+        int(digest, 16),
+        _ascii(engine),
+        _ascii(algorithm),
+        _ascii(key),
+    )
+
+
 def parse_info(raw: bytes) -> Info:
     """The Info in an entry's metadata block, checked against the schema: a JSON object
-    (nesting bounded before it is parsed) whose known fields have their types and bounds;
-    unknown fields are ignored. Corrupt for anything else."""
-    if _nesting(raw) > _MAX_DEPTH:
-        raise Corrupt("damaged metadata: nested too deeply")
+    of UTF-8 text (size and nesting bounded before it is parsed, no key twice) whose
+    known fields have their types and bounds; unknown fields are ignored. Corrupt for
+    anything else, whatever the parser meets. Metadata in the form :func:`seal` writes
+    is read by one pattern, to the same Info."""
+    quick = _canonical(raw)
+    if quick is not None:
+        return quick
     try:
-        meta = json.loads(raw, parse_constant=_no_constant, parse_int=_bounded_int)
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError among them
+        return parse_info_general(raw)
+    except Corrupt:
+        raise
+    except Exception as exc:  # untrusted bytes: any surprise of the parser is damage
+        raise Corrupt(f"damaged metadata: {type(exc).__name__}: {exc}") from None
+
+
+def parse_info_general(raw: bytes) -> Info:
+    """:func:`parse_info` by the strict JSON reader (:func:`wasmcache.schema.loads`:
+    UTF-8 only, one linear scan of the nesting before the parser runs) and the schema's
+    checks."""
+    try:
+        meta = schema.loads(raw, max_size=MAX_META, max_depth=_MAX_DEPTH)
+    except schema.Invalid as exc:
         raise Corrupt(f"damaged metadata: {exc}") from None
     if not isinstance(meta, dict):
         raise Corrupt(f"damaged metadata: {type(meta).__name__}, not an object")
@@ -297,6 +415,10 @@ def parse_info(raw: bytes) -> Info:
     digest = _text(meta, "artifact_checksum", 16, required=True)
     if digest is None or not _CHECKSUM.fullmatch(digest):
         raise Corrupt(f"damaged metadata: artifact_checksum {digest!r}")
+    algorithm = _name(meta, "key_algorithm", _KEY_ALGORITHM)
+    key = _name(meta, "key", _KEY)
+    if (algorithm is None) != (key is None):
+        raise Corrupt("damaged metadata: key and key_algorithm come together")
     return Info(
         kind=kind,  # one of KINDS, checked above
         source=_text(meta, "source", MAX_SOURCE),
@@ -306,7 +428,17 @@ def parse_info(raw: bytes) -> Info:
         wasmtime=_text(meta, "wasmtime", _MAX_VERSION),
         artifact_length=length,
         artifact_checksum=int(digest, 16),
+        engine_id=_name(meta, "engine_id", _ENGINE_ID),
+        key_algorithm=algorithm,
+        key=key,
     )
+
+
+def _name(meta: dict[str, Any], name: str, pattern: re.Pattern[str]) -> Optional[str]:
+    value: Optional[str] = _field(meta, name, (str,), False)
+    if value is not None and not pattern.fullmatch(value):
+        raise Corrupt(f"damaged metadata: {name} {value[:40]!r}")
+    return value
 
 
 def holds(fd: int, sealed: Sealed) -> bool:
@@ -317,9 +449,10 @@ def holds(fd: int, sealed: Sealed) -> bool:
         if inspect(fd, size, verify=True) != "trailer":
             return False
         info = read_info(fd, size)
+        named = (info.engine_id, info.key_algorithm, info.key)
         return (info.kind, info.artifact_length, info.artifact_checksum) == (
             sealed.kind, sealed.artifact_length, sealed.artifact_checksum,
-        )  # fmt: skip
+        ) and named in (sealed.names, (None, None, None))  # fmt: skip
     except (OSError, Corrupt):
         return False
 

@@ -11,11 +11,13 @@ from typing import Optional
 import wasmtime
 
 from wasmcache import direct as direct_mode
+from wasmcache import metrics
 from wasmcache.base import ModuleCache
 from wasmcache.entry import Origin
 from wasmcache.errors import CacheError, DeserializeError, NotFound
 from wasmcache.hashing import ModuleHash
 from wasmcache.kinds import Compiled, Kind
+from wasmcache.metrics import Values as MetricValues
 
 log = logging.getLogger("wasmcache")
 
@@ -26,7 +28,12 @@ class FallbackCache(ModuleCache):
 
     Direct mode keeps its records in the first part that has an on-disk index (say the
     FileSystemCache behind a MemoryCache). ``direct`` defaults to the parts' settings:
-    off if either part turns it off, on if either turns it on, else automatic."""
+    off if either part turns it off, on if either turns it on, else automatic.
+
+    :meth:`metrics` sums the parts' counters and this cache's compiles; the counters of
+    a part without a folder (a MemoryCache) are kept in the first part's that has one."""
+
+    metrics_tier = None
 
     def __init__(
         self, primary: ModuleCache, fallback: ModuleCache, *, direct: Optional[bool] = None
@@ -41,6 +48,17 @@ class FallbackCache(ModuleCache):
             elif True in parts:
                 setting = True
         self.direct = setting
+        self._counters = metrics.Counters(None)
+        kept = metrics.counters(primary).file or metrics.counters(fallback).file
+        for counted in (self._counters, metrics.counters(primary), metrics.counters(fallback)):
+            counted.keep_in(kept)
+
+    def metrics(self) -> MetricValues:
+        """The sum of the parts' counters and this cache's own (its compiles after
+        misses), ``{tier: {counter: value}}`` (see :mod:`wasmcache.metrics`)."""
+        return metrics.merge(
+            (self._counters.snapshot(), metrics.of(self.primary), metrics.of(self.fallback))
+        )
 
     def __repr__(self) -> str:
         return f"{self.primary!r}.with_fallback({self.fallback!r})"
@@ -56,11 +74,14 @@ class FallbackCache(ModuleCache):
             log.warning(
                 "primary cache %r failed for %s, trying the fallback: %s", self.primary, key, exc
             )
+        metrics.note_loaded(0, None)
         module = self.fallback.load(key, engine, kind=kind)
         if self.primary.contains(key, engine):
             return module  # already there (a remote tier downloads into its local folder)
+        # The entry's recorded compile time goes along, for the primary's hits to count.
+        seconds = metrics.last_loaded()[1]
         try:
-            self.primary.save(key, engine, module)
+            self.primary.save(key, engine, module, origin=Origin(compile_seconds=seconds))
         except CacheError as exc:
             log.warning("could not promote %s into %r: %s", key, self.primary, exc)
         return module

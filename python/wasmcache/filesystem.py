@@ -6,13 +6,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Optional, Union
 
 import wasmtime
 
-from wasmcache import entry, kinds, legacy, locks, maintenance, names, safefs
+from wasmcache import checked, entry, kinds, legacy, locks, maintenance, metrics, names, safefs
 from wasmcache._image import artifact_bytes
 from wasmcache.base import ModuleCache
 from wasmcache.config import default_cache_dir
@@ -27,6 +28,7 @@ from wasmcache.errors import (
 )
 from wasmcache.hashing import ModuleHash
 from wasmcache.kinds import Compiled, Kind
+from wasmcache.metrics import Values as MetricValues
 
 log = logging.getLogger("wasmcache")
 
@@ -39,21 +41,31 @@ class FileSystemCache(maintenance.Housekeeping, ModuleCache):
     """Compiled modules and components stored as ``<cache_dir>/<engine id>-v<N>/<HASH>.bin``.
 
     ``cache_dir`` defaults to :func:`default_cache_dir`; it must be private (see
-    :mod:`wasmcache.safefs`; ``shared_group=True`` lets the folder's group write too).
+    :mod:`wasmcache.safefs`). ``shared_group=True`` lets the folder's group write too,
+    if this process is in it; a group name or gid there also requires the cache folder
+    to belong to exactly that group.
     ``verify`` checks each entry's length and XXH3-64 checksum before wasmtime maps it
     (with ``verify=False`` only the length). ``fsync`` makes saves durable across a power
-    loss. With ``max_bytes``, saves prune the least recently used entries once the cache
-    grows past it, at most once per ``prune_interval`` seconds across all processes. Legacy
+    loss. With ``max_bytes``, the least recently used entries are pruned once the cache
+    grows past it, at most once per ``prune_interval`` seconds across all processes: a
+    save only asks for it, and it runs on a background thread once no compile lock of
+    this thread is held (:meth:`wait_housekeeping` waits for it). Legacy
     LZW entries larger than ``legacy_max_bytes``, or decoding past it, count as corrupt.
     ``direct`` sets direct mode for paths (see :attr:`ModuleCache.direct`; None: from
     ``WASMCACHE_DIRECT``, else by filesystem type); its records live in
     ``<cache_dir>/index``, under the same privacy rule as the engine folders.
+
+    :meth:`metrics` gives the counters of this cache object; they are added to the
+    folder's ``.metrics`` (what ``wasmcache stats`` sums) after saves and at exit.
     """
 
     lock_scope = 1
+    metrics_tier = "filesystem"
     #: The cache folder's group, once the folder passed the rule: with ``shared_group``
     #: its members may own what is in the cache.
     _gid: Optional[int] = None
+    #: A long-lived process adds its counters to the folder at most this often (seconds).
+    METRICS_INTERVAL = 60.0
     #: Hits record the time of use at most this often per entry (seconds).
     touch_interval = 60.0
 
@@ -66,7 +78,7 @@ class FileSystemCache(maintenance.Housekeeping, ModuleCache):
         max_bytes: Optional[int] = None,
         prune_interval: float = 60.0,
         legacy_max_bytes: int = 1 << 30,
-        shared_group: bool = False,
+        shared_group: Union[bool, str, int] = False,
         direct: Optional[bool] = None,
     ) -> None:
         if max_bytes is not None and max_bytes < 0:
@@ -83,9 +95,19 @@ class FileSystemCache(maintenance.Housekeeping, ModuleCache):
         self.max_bytes = max_bytes
         self.prune_interval = prune_interval
         self.legacy_max_bytes = legacy_max_bytes
-        self.shared_group = shared_group
+        #: Whether the cache folder's group is trusted (see :mod:`wasmcache.safefs`).
+        self.shared_group, self._named_gid = safefs.group_setting(shared_group)
         self._private: set[str] = set()  # folders that passed the privacy rule
-        self._use_direct(direct, self._dir, shared_group=shared_group)
+        self._use_direct(direct, self._dir, shared_group=self.shared_group)
+        if self._index is not None:
+            self._index.named_group = self._named_gid
+        self._prune_due = 0.0  # time.monotonic() before which no prune is asked for
+        # Counters go to the folder at exit, on flush_metrics(), and from a long-lived
+        # process at most once per METRICS_INTERVAL: a short script's saves leave nothing
+        # running in the folder after they return.
+        self._metrics_due = time.monotonic() + self.METRICS_INTERVAL
+        self._counters = metrics.Counters(self.metrics_tier)
+        self._counters.keep_in(metrics.MetricsFile(self._dir, shared_group=self.shared_group))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._dir!r}, verify={self.verify})"
@@ -93,6 +115,22 @@ class FileSystemCache(maintenance.Housekeeping, ModuleCache):
     @property
     def cache_dir(self) -> Path:
         return Path(self._dir)
+
+    def metrics(self) -> MetricValues:
+        """This cache's counters, ``{tier: {counter: value}}`` (see :mod:`wasmcache.metrics`):
+        the ``filesystem`` tier's hits, misses, saved compile seconds, bytes read and
+        written, corrupt entries removed; the ``compile`` tier's compiles and seconds."""
+        return self._counters.snapshot()
+
+    def flush_metrics(self) -> bool:
+        """Add what this cache counted since the last flush to the folder's ``.metrics``
+        now (done after saves and at exit anyway); return whether that worked."""
+        return self._counters.flush()
+
+    def wait_housekeeping(self, timeout: Optional[float] = None) -> bool:
+        """Wait until the background housekeeping of this process (automatic pruning,
+        metrics) is done; return whether it was within ``timeout`` seconds."""
+        return maintenance.wait_idle(timeout)
 
     def path(self, key: ModuleHash, engine: wasmtime.Engine) -> Path:
         """Where the entry for ``key`` and ``engine`` lives (whether or not it exists)."""
@@ -117,20 +155,29 @@ class FileSystemCache(maintenance.Housekeeping, ModuleCache):
             fd, info = safefs.open_regular(path)
         except FileNotFoundError:
             log.debug("miss %s at %s", key, path)
+            self._counters.miss()
             raise NotFound(f"no cache entry for {key} at {path}") from None
         try:
-            safefs.check_entry(path, info, shared_group=self.shared_group, group=self._gid)
+            safefs.check_entry(path, info, shared_group=self.shared_group, group=self._gid, fd=fd)
             try:
-                shape = entry.inspect(fd, info.st_size, verify=self.verify)
-                found = entry.read_info(fd, info.st_size).kind
-                kinds.check(kind, found, path)
+                shape = checked.inspect(
+                    self._dir, fd, info, path, verify=self.verify,
+                    shared_group=bool(self.shared_group),
+                )  # fmt: skip
+                described = entry.read_info(fd, info.st_size)
+                _check_name(described, key, engine)
+                kinds.check(kind, described.kind, path)
                 if shape == "lzw":
                     artifact = legacy.decode(fd, info.st_size, self.legacy_max_bytes)
-                    return legacy.migrate(self, key, engine, path, artifact)
-                module = _deserialize(engine, path, fd, found)
+                    module = legacy.migrate(self, key, engine, path, artifact)
+                    self._counters.hit(info.st_size)
+                    return module
+                module = _deserialize(engine, path, fd, described.kind)
                 maintenance.record_use(fd, info, self.touch_interval)
             except Corrupt as exc:
                 safefs.discard(path, info)
+                self._counters.add("corrupt_removed")
+                self._counters.miss()
                 raise DeserializeError(f"removed corrupt cache entry {path}: {exc}") from (
                     exc.__cause__
                 )
@@ -141,6 +188,8 @@ class FileSystemCache(maintenance.Housekeeping, ModuleCache):
         finally:
             os.close(fd)
         log.debug("hit %s at %s", key, path)
+        self._counters.hit(info.st_size, described.compile_seconds)
+        metrics.note_loaded(info.st_size, described.compile_seconds)
         return module
 
     def save(
@@ -154,7 +203,7 @@ class FileSystemCache(maintenance.Housekeeping, ModuleCache):
         """Store ``module`` (a module or a component) with what ``origin`` says of it."""
         path = self._checked_path(key, engine)
         payload = artifact_bytes(module)
-        sealed = entry.seal(payload, kinds.of(module), origin)
+        sealed = entry.seal(payload, kinds.of(module), origin, key=key, engine_id=engine_id(engine))
         if self._holds(path, sealed):
             # Replacing a big file costs more than writing it (the old one's blocks are
             # freed in the rename); an identical entry is kept as it is.
@@ -169,8 +218,8 @@ class FileSystemCache(maintenance.Housekeeping, ModuleCache):
             shared_group=self.shared_group,
         )
         log.debug("saved %s (%d bytes) to %s", key, len(payload), path)
-        if self.max_bytes is not None:
-            maintenance.maybe_prune(self, self.max_bytes, self.prune_interval)
+        self._counters.add("bytes_written", sealed.length)
+        self._after_write()
 
     def receive(
         self,
@@ -187,8 +236,10 @@ class FileSystemCache(maintenance.Housekeeping, ModuleCache):
         partial stream is never kept: DeserializeError for bad content, FileWriteError for
         local trouble; any error raised by ``chunks`` itself passes through. ``verify=False``
         when ``chunks`` checked the content's checksum itself (the length and trailer are
-        still checked). Honours ``fsync`` and triggers automatic pruning like a save.
-        An entry of the other ``kind`` is kept, and KindMismatch raised."""
+        still checked). An entry whose metadata names another key or engine is refused as
+        corrupt before it is renamed into place. Honours ``fsync`` and asks for automatic
+        pruning like a save. An entry of the other ``kind`` is kept, and KindMismatch
+        raised."""
         path = self._checked_path(key, engine)
         temp, fd = safefs.create_temp(path, self._make_folders, shared_group=self.shared_group)
         try:
@@ -198,7 +249,9 @@ class FileSystemCache(maintenance.Housekeeping, ModuleCache):
                 size = os.fstat(fd).st_size
                 if entry.inspect(fd, size, verify=verify) != "trailer":
                     raise Corrupt("not an entry in wasmcache's format")
-                found = entry.read_info(fd, size).kind
+                described = entry.read_info(fd, size)
+                _check_name(described, key, engine)
+                found = described.kind
                 if self.fsync:
                     os.fsync(fd)
                 os.rename(temp, path)
@@ -221,21 +274,42 @@ class FileSystemCache(maintenance.Housekeeping, ModuleCache):
         finally:
             os.close(fd)
         log.debug("received %s (%d bytes) at %s", key, size, path)
-        if self.max_bytes is not None:
-            maintenance.maybe_prune(self, self.max_bytes, self.prune_interval)
+        self._counters.add("bytes_written", size)
+        metrics.note_loaded(size, described.compile_seconds)
+        self._after_write()
         return module
 
     @contextlib.contextmanager
     def compile_lock(self, key: ModuleHash, engine: wasmtime.Engine) -> Iterator[None]:
-        """A thread lock and an advisory file lock ``<engine folder>/.<HASH>.lock``."""
+        """A thread lock and an advisory file lock ``<engine folder>/.<HASH>.lock``, whose
+        file its holder removes when it releases it."""
         path = self._checked_path(key, engine)
         with locks.thread_lock(path):
             with contextlib.suppress(OSError):  # no folder: no lock file, the thread lock holds
                 self._make_folders(os.path.dirname(path))
             with locks.file_lock(
-                names.lock_path(path), shared_group=self.shared_group, group=self._gid
+                names.lock_path(path), shared_group=self.shared_group, group=self._gid, remove=True
             ):
                 yield
+
+    # -- housekeeping, off the hot path --------------------------------------------------
+
+    def _after_write(self) -> None:
+        """Ask for automatic pruning and a flush of the counters, each when due: both run
+        on the housekeeping thread once this thread holds no compile lock."""
+        now = time.monotonic()
+        if self.max_bytes is not None and now >= self._prune_due:
+            maintenance.in_background(("prune", self._dir), self._auto_prune)
+        if now >= self._metrics_due:
+            self._metrics_due = now + self.METRICS_INTERVAL
+            counters = self._counters
+            maintenance.in_background(("metrics", id(counters)), counters.flush)
+
+    def _auto_prune(self) -> None:
+        if self.max_bytes is None:
+            return
+        wait = maintenance.maybe_prune(self, self.max_bytes, self.prune_interval)
+        self._prune_due = time.monotonic() + wait
 
     # -- internals -----------------------------------------------------------------------
 
@@ -250,7 +324,13 @@ class FileSystemCache(maintenance.Housekeeping, ModuleCache):
         path = self._entry_path(key, engine)
         for folder in (self._dir, os.path.dirname(path)):
             if folder not in self._private:
-                info = safefs.folder_info(folder, shared_group=self.shared_group, group=self._gid)
+                top = folder == self._dir
+                info = safefs.folder_info(
+                    folder,
+                    shared_group=self.shared_group,
+                    group=self._named_gid if top else self._gid,
+                    exact=top and self._named_gid is not None,
+                )
                 if info is None:
                     break  # not there yet: created private by the first save
                 if folder == self._dir:
@@ -259,7 +339,9 @@ class FileSystemCache(maintenance.Housekeeping, ModuleCache):
         return path
 
     def _make_folders(self, engine_dir: str) -> None:
-        safefs.make_folders(self._dir, engine_dir, shared_group=self.shared_group)
+        safefs.make_folders(
+            self._dir, engine_dir, shared_group=self.shared_group, group=self._named_gid
+        )
 
     def _holds(self, path: str, sealed: entry.Sealed) -> bool:
         try:
@@ -267,12 +349,22 @@ class FileSystemCache(maintenance.Housekeeping, ModuleCache):
         except (OSError, FileReadError):
             return False
         try:
-            safefs.check_entry(path, os.fstat(fd), shared_group=self.shared_group, group=self._gid)
+            safefs.check_entry(
+                path, os.fstat(fd), shared_group=self.shared_group, group=self._gid, fd=fd
+            )
             return entry.holds(fd, sealed)
         except UnsafeCacheError:
             return False
         finally:
             os.close(fd)
+
+
+def _check_name(described: entry.Info, key: ModuleHash, engine: wasmtime.Engine) -> None:
+    """Corrupt if the entry records another key or engine than the name it is loaded
+    under (it was renamed or copied there)."""
+    other = described.names_other(key, engine_id(engine))
+    if other is not None:
+        raise Corrupt(f"its metadata does not name this entry: {other}")
 
 
 def _deserialize(engine: wasmtime.Engine, path: str, fd: int, kind: Kind) -> Compiled:

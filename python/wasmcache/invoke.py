@@ -13,11 +13,12 @@ from __future__ import annotations
 import math
 import re
 import struct
-from decimal import Decimal
-from fractions import Fraction
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import wasmtime
+
+if TYPE_CHECKING:
+    from fractions import Fraction
 
 
 class InvokeError(ValueError):
@@ -50,6 +51,8 @@ def parse_int(text: str, kind: str) -> int:
 
 def _round_binary(value: Fraction, kind: str) -> float:
     """``value`` rounded to nearest (ties to even) in binary32 or binary64, as a float."""
+    from fractions import Fraction
+
     mantissa_bits, min_exp, max_exp = _FORMATS[kind]
     if value == 0:
         return 0.0
@@ -75,6 +78,9 @@ def _round_binary(value: Fraction, kind: str) -> float:
 def parse_float(text: str, kind: str) -> float:
     """An f32 or f64 argument, rounded once to its precision (a value past the largest
     finite one is infinity, as wasmtime reads it)."""
+    from decimal import Decimal
+    from fractions import Fraction
+
     special = _SPECIAL.fullmatch(text)
     if special:
         value = math.nan if special.group(2).lower() == "nan" else math.inf
@@ -118,6 +124,8 @@ def _f32(value: float) -> float:
 def _shortest_f32(value: float) -> str:
     """The shortest decimal digits that read back (rounded to binary32) as ``value``,
     the closest such if there are several, in Python's repr notation."""
+    from decimal import Decimal
+
     for precision in range(1, 10):
         nearest = Decimal(f"{value:.{precision - 1}e}")
         unit = Decimal(1).scaleb(nearest.adjusted() - precision + 1)
@@ -134,6 +142,8 @@ def _shortest_f32(value: float) -> str:
 
 def _positional(digits: str) -> str:
     """A number written without an exponent, as Rust writes floats."""
+    from decimal import Decimal
+
     text = format(Decimal(digits), "f")
     if "." in text:
         text = text.rstrip("0").rstrip(".")

@@ -2,7 +2,13 @@
 processes. File locks are advisory (flock), released by the OS when the holder dies, so a
 crashed process never blocks anyone. A lock file is only ever unlinked by a process that
 holds its flock, and a process that takes a lock checks that the path still names the
-file it locked, so a lock stays a lock while files are removed around it."""
+file it locked, so a lock stays a lock while files are removed around it. The holder of a
+compile lock removes its file when it releases it (still holding the flock), so a key's
+lock file exists only while someone compiles it.
+
+Work that must not run while this thread holds a compile lock (housekeeping) is handed
+to :func:`after_release`: it runs at once when no compile lock is held, else as soon as
+the last one is released."""
 
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ import os
 import threading
 import weakref
 from collections.abc import Iterator
-from typing import Optional
+from typing import Callable, Optional
 
 from wasmcache.errors import UnsafeCacheError
 from wasmcache.safefs import open_lock, same_file
@@ -28,8 +34,35 @@ log = logging.getLogger("wasmcache")
 _ATTEMPTS = 100
 
 
+class _Held(threading.local):
+    """How many compile locks this thread holds, and what waits for their release."""
+
+    depth = 0
+    waiting: Optional[list[Callable[[], None]]] = None
+
+
+_held = _Held()
+
+
+def held() -> int:
+    """How many compile locks (:func:`thread_lock` locks) this thread holds now."""
+    return _held.depth
+
+
+def after_release(work: Callable[[], None]) -> None:
+    """Run ``work`` now if this thread holds no compile lock, else right after it releases
+    the last one. ``work`` must be quick (it hands anything slow to another thread)."""
+    if _held.depth == 0:
+        work()
+        return
+    if _held.waiting is None:
+        _held.waiting = []
+    _held.waiting.append(work)
+
+
 class NamedLock:
-    """A lock shared by everyone who asks :func:`thread_lock` for the same name."""
+    """A lock shared by everyone who asks :func:`thread_lock` for the same name; holding
+    it counts as holding a compile lock (:func:`held`)."""
 
     __slots__ = ("__weakref__", "_lock")
 
@@ -38,10 +71,19 @@ class NamedLock:
 
     def __enter__(self) -> NamedLock:
         self._lock.acquire()
+        _held.depth += 1
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._lock.release()
+        _held.depth -= 1
+        if _held.depth == 0 and _held.waiting:
+            waiting, _held.waiting = _held.waiting, None
+            for work in waiting:
+                try:
+                    work()
+                except Exception:  # never let deferred work break the release
+                    log.exception("deferred work after a compile lock failed")
 
 
 _named: weakref.WeakValueDictionary[str, NamedLock] = weakref.WeakValueDictionary()
@@ -109,11 +151,18 @@ def _locked_fd(
 
 @contextlib.contextmanager
 def file_lock(
-    path: str, *, shared_group: bool = False, group: Optional[int] = None
+    path: str,
+    *,
+    shared_group: bool = False,
+    group: Optional[int] = None,
+    remove: bool = False,
 ) -> Iterator[bool]:
     """Hold an exclusive flock on ``path`` (created if missing) for the block; yields
     whether a file lock is held (False: a read-only cache, or no flock here). With
-    ``shared_group``, members of ``group`` (the cache folder's) share the lock file."""
+    ``shared_group``, members of ``group`` (the cache folder's) share the lock file.
+    With ``remove`` the file is unlinked on release, while its flock is still held and
+    only if the path still names it: a waiter blocked on it then finds it gone and locks
+    the file at the path instead (see :func:`_locked_fd`)."""
     fd = (
         _locked_fd(path, block=True, shared_group=shared_group, group=group)
         if fcntl is not None
@@ -123,14 +172,30 @@ def file_lock(
         yield fd is not None
     finally:
         if fd is not None:
+            if remove:
+                _unlink_held(path, fd)
             os.close(fd)  # closing releases the lock
+
+
+def _unlink_held(path: str, fd: int) -> None:
+    """Unlink the lock file ``path`` whose flock ``fd`` holds, if the path still names it."""
+    try:
+        if same_file(path, os.fstat(fd)):
+            os.unlink(path)
+    except OSError:
+        pass  # a read-only folder, or removed meanwhile: the file stays a lock
 
 
 @contextlib.contextmanager
 def try_file_lock(
-    path: str, *, shared_group: bool = False, group: Optional[int] = None
+    path: str,
+    *,
+    shared_group: bool = False,
+    group: Optional[int] = None,
+    remove: bool = False,
 ) -> Iterator[bool]:
-    """Take an exclusive flock on ``path`` if nobody holds it; yields whether it did."""
+    """Take an exclusive flock on ``path`` if nobody holds it; yields whether it did.
+    ``remove`` as for :func:`file_lock`."""
     if fcntl is None:
         yield True
         return
@@ -139,6 +204,8 @@ def try_file_lock(
         yield fd is not None
     finally:
         if fd is not None:
+            if remove:
+                _unlink_held(path, fd)
             os.close(fd)
 
 

@@ -1,5 +1,10 @@
 """Housekeeping of a cache folder: listing, verifying, pruning, clearing, cleaning up.
 
+Automatic pruning never runs inside a save nor while this thread holds a compile lock:
+a save only asks for it (:func:`request_prune`), and it runs on a background thread once
+the compile lock is released (:func:`wasmcache.locks.after_release`), at most once per
+interval across processes (a stamp file and a lock).
+
 Only names in wasmcache's formats (see :mod:`wasmcache.names`) are ever touched; nothing
 is followed through a link; a lock file is removed only by whoever holds its lock. Every
 folder walked and every file read passes the privacy rule first (:mod:`wasmcache.safefs`),
@@ -12,10 +17,11 @@ import contextlib
 import logging
 import os
 import stat
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 from wasmcache import entry, legacy, locks, names, safefs
 from wasmcache.entry import Corrupt
@@ -27,8 +33,6 @@ log = logging.getLogger("wasmcache")
 #: Temp files older than this (seconds) are left over from an interrupted save or download:
 #: a live one is renamed long before (a stalled download fails after its idle timeout).
 STALE_TEMP_AGE = 600.0
-#: Direct-mode records not rewritten for this long are dropped by prune (seconds).
-INDEX_RECORD_AGE = 7 * 86400.0
 
 
 class CacheEntry(NamedTuple):
@@ -50,6 +54,10 @@ class Housekeeping:
 
     shared_group: bool
     legacy_max_bytes: int
+    #: The group ``shared_group`` names (None: the cache folder's own).
+    _named_gid: Optional[int] = None
+    #: The cache folder's group, taken when a listing checked the folder.
+    _listed_group: Optional[int] = None
 
     @property
     def cache_dir(self) -> Path:
@@ -65,6 +73,24 @@ class Housekeeping:
         a module's defaults; None if it cannot be read, breaks the rule or is damaged
         (its metadata not of the schema included)."""
         return describe(str(found.path), shared_group=self.shared_group, group=_group(self))
+
+    def described(self) -> list[tuple[CacheEntry, Optional[entry.Info]]]:
+        """Every entry with what :meth:`describe` says of it, from one listing."""
+        folders = _checked(self)
+        if folders is None:
+            return []
+        shared, group = folders.shared_group, folders.group
+        return [
+            (found.entry(), describe(found.path, shared_group=shared, group=group))
+            for found in _list(folders).found
+            if stat.S_ISREG(found.info.st_mode)
+        ]
+
+    def summary(self) -> dict[str, Summary]:
+        """Per engine folder name: how many entries, their bytes, modules and components,
+        their recorded compile seconds and the range of their last uses (one pass; each
+        entry described as :meth:`describe` does)."""
+        return summarize(self)
 
     def verify_entries(self, *, fix: bool = False) -> list[tuple[CacheEntry, str]]:
         """Check every entry's format, length and checksum (without wasmtime); return the
@@ -108,6 +134,9 @@ class Folders(NamedTuple):
 
 
 def _group(cache: Housekeeping) -> Optional[int]:
+    for known in (getattr(cache, "_gid", None), cache._listed_group):
+        if isinstance(known, int):
+            return known  # the folder's group, taken when it passed the rule
     try:
         return os.lstat(cache.cache_dir).st_gid
     except OSError:
@@ -128,10 +157,11 @@ def _checked(cache: Housekeeping) -> Optional[Folders]:
     rule (UnsafeCacheError names the first that does not); None if there is no cache
     folder. A file at an engine folder's name is not a folder: skipped."""
     cache_dir, shared = str(cache.cache_dir), cache.shared_group
-    info = safefs.folder_info(cache_dir, shared_group=shared)
+    named = cache._named_gid
+    info = safefs.folder_info(cache_dir, shared_group=shared, group=named, exact=named is not None)
     if info is None:
         return None
-    group = info.st_gid
+    group = cache._listed_group = info.st_gid
     engines = [
         item
         for item in _scan(cache_dir)
@@ -143,26 +173,73 @@ def _checked(cache: Housekeeping) -> Optional[Folders]:
     return Folders(cache_dir, shared, group, engines, index_dir if checked else None)
 
 
-def _at_entry_names(folders: Optional[Folders]) -> Iterator[tuple[CacheEntry, os.stat_result]]:
-    """Whatever sits at an entry name (regular or not), with its lstat."""
+class _Found(NamedTuple):
+    """Whatever sits at an entry name, with its lstat (a CacheEntry made on demand)."""
+
+    path: str
+    name: str
+    folder: str  # the engine folder's name
+    info: os.stat_result
+    parent: Path  # the engine folder, shared by its entries
+
+    def entry(self) -> CacheEntry:
+        key = names.entry_key(self.name)
+        assert key is not None
+        info = self.info
+        return CacheEntry(self.parent / self.name, self.folder, key, info.st_size, info.st_atime)
+
+
+class _Listing(NamedTuple):
+    """One pass over the engine folders: what sits at entry names, temp and lock files."""
+
+    found: list[_Found]
+    temps: list[tuple[str, os.stat_result]]
+    locks: list[tuple[str, os.stat_result]]
+
+
+def _list(folders: Optional[Folders], *, extra: bool = False) -> _Listing:
+    """Each engine folder read once; names that are not wasmcache's are skipped before
+    anything else is asked of them. Temp and lock files only with ``extra``."""
+    listing = _Listing([], [], [])
     for folder in folders.engines if folders else []:
+        parent = Path(folder.path)
         for item in _scan(folder.path):
-            key = names.entry_key(item.name)
-            if key is None:
+            name = item.name
+            if name.startswith("."):
+                if not extra:
+                    continue
+                into = (
+                    listing.temps
+                    if names.is_temp(name)
+                    else listing.locks
+                    if names.is_lock(name)
+                    else None
+                )
+                if into is not None:
+                    with contextlib.suppress(OSError):
+                        into.append((item.path, item.stat(follow_symlinks=False)))
+                continue
+            if not names.is_entry(name):
                 continue
             try:
                 info = item.stat(follow_symlinks=False)
             except OSError:
                 continue
-            found = CacheEntry(Path(item.path), folder.name, key, info.st_size, info.st_atime)
-            yield found, info
+            listing.found.append(_Found(item.path, name, folder.name, info, parent))
+    return listing
+
+
+def _at_entry_names(folders: Optional[Folders]) -> Iterator[tuple[CacheEntry, os.stat_result]]:
+    """Whatever sits at an entry name (regular or not), with its lstat."""
+    for found in _list(folders).found:
+        yield found.entry(), found.info
 
 
 def _entries(folders: Optional[Folders]) -> Iterator[tuple[CacheEntry, os.stat_result]]:
     """Every entry file of the cache with its lstat, in no particular order."""
-    for found, info in _at_entry_names(folders):
-        if stat.S_ISREG(info.st_mode):
-            yield found, info
+    for found in _list(folders).found:
+        if stat.S_ISREG(found.info.st_mode):
+            yield found.entry(), found.info
 
 
 def describe(
@@ -175,13 +252,50 @@ def describe(
     except (OSError, CacheError):
         return None
     try:
-        safefs.check_entry(path, info, shared_group=shared_group, group=group)
-        entry.inspect(fd, info.st_size, verify=False)
-        return entry.read_info(fd, info.st_size)
+        safefs.check_entry(path, info, shared_group=shared_group, group=group, fd=fd)
+        return entry.describe(fd, info.st_size)
     except (OSError, Corrupt, CacheError):
         return None
     finally:
         os.close(fd)
+
+
+class Summary(NamedTuple):
+    """Totals of one engine folder (what ``wasmcache stats`` prints)."""
+
+    entries: int
+    bytes: int
+    modules: int
+    components: int
+    compile_seconds: float  # recorded by the entries that know theirs
+    oldest_use: Optional[float]
+    newest_use: Optional[float]
+
+
+def summarize(cache: Housekeeping) -> dict[str, Summary]:
+    """Per engine folder: its entries, their bytes, kinds and recorded compile time, and
+    the range of their last uses; from one listing, each entry described as
+    :meth:`Housekeeping.describe` does (an entry that cannot be described counts in
+    entries and bytes only)."""
+    folders = _checked(cache)
+    if folders is None:
+        return {}
+    totals: dict[str, list[Any]] = {}
+    for found in _list(folders).found:
+        info = found.info
+        if not stat.S_ISREG(info.st_mode):
+            continue
+        total = totals.setdefault(found.folder, [0, 0, 0, 0, 0.0, None, None])
+        total[0] += 1
+        total[1] += info.st_size
+        described = describe(found.path, shared_group=folders.shared_group, group=folders.group)
+        if described is not None:
+            total[2 if described.kind == "module" else 3] += 1
+            total[4] += described.compile_seconds or 0.0
+        used = info.st_atime
+        total[5] = used if total[5] is None else min(total[5], used)
+        total[6] = used if total[6] is None else max(total[6], used)
+    return {folder: Summary(*total) for folder, total in totals.items()}
 
 
 def verify(cache: Housekeeping, *, fix: bool) -> list[tuple[CacheEntry, str]]:
@@ -194,7 +308,7 @@ def verify(cache: Housekeeping, *, fix: bool) -> list[tuple[CacheEntry, str]]:
         assert folders is not None
         path = str(found.path)
         if stat.S_ISREG(listed.st_mode):
-            reason, checked = _problem(cache, folders, path)
+            reason, checked = _problem(cache, folders, path, found)
         else:
             reason, checked = "not a regular file", listed
         if reason is None:
@@ -209,7 +323,7 @@ def verify(cache: Housekeeping, *, fix: bool) -> list[tuple[CacheEntry, str]]:
 
 
 def _problem(
-    cache: Housekeeping, folders: Folders, path: str
+    cache: Housekeeping, folders: Folders, path: str, found: CacheEntry
 ) -> tuple[Optional[str], Optional[os.stat_result]]:
     """What is wrong with the entry at ``path`` (None: nothing), and the fstat of the
     file checked (None if none could be opened)."""
@@ -220,11 +334,16 @@ def _problem(
     except (OSError, CacheError) as exc:
         return f"unreadable: {exc}", None
     try:
-        safefs.check_entry(path, info, shared_group=folders.shared_group, group=folders.group)
+        safefs.check_entry(
+            path, info, shared_group=folders.shared_group, group=folders.group, fd=fd
+        )
         shape = entry.inspect(fd, info.st_size, verify=True)
         if shape == "lzw":
             legacy.decode(fd, info.st_size, cache.legacy_max_bytes).release()
-        entry.read_info(fd, info.st_size)  # damaged metadata is a problem too
+        described = entry.read_info(fd, info.st_size)  # damaged metadata is a problem too
+        other = _names_other(described, found)
+        if other is not None:
+            raise Corrupt(f"its metadata does not name this entry: {other}")
     except (Corrupt, CacheError) as exc:
         return str(exc), info
     except OSError as exc:
@@ -234,31 +353,48 @@ def _problem(
     return None, info
 
 
+def _names_other(described: entry.Info, found: CacheEntry) -> Optional[str]:
+    """Why an entry may not stand for the name it is found under (its metadata records
+    another key digest or engine id), or None. A name holds no key algorithm, so only
+    the digest is compared here; a load compares both."""
+    engine = found.engine_folder.rpartition("-v")[0]
+    if described.key is not None and described.key != str(found.key):
+        return f"it was saved under key {described.key_algorithm}:{described.key}"
+    if described.engine_id is not None and described.engine_id != engine:
+        return f"it was saved for engine {described.engine_id}"
+    return None
+
+
 def prune(cache: Housekeeping, max_bytes: int) -> list[CacheEntry]:
     """Remove least recently used entries until at most ``max_bytes`` remain, then stale
-    temp files, free lock files, old direct-mode records and empty engine folders."""
+    temp files, free lock files, old direct-mode records and empty engine folders. Each
+    folder is read once; a CacheEntry is made only for what is removed."""
     if max_bytes < 0:
         raise ValueError("max_bytes must not be negative")
     folders = _checked(cache)
     if folders is None:
         return []
-    cleanup(folders, STALE_TEMP_AGE)
-    ordered = sorted(_entries(folders), key=lambda pair: pair[0].last_used)
+    listing = _list(folders, extra=True)
+    _cleanup_listed(folders, listing, STALE_TEMP_AGE)
+    found = [f for f in listing.found if stat.S_ISREG(f.info.st_mode)]
     # Temp files of saves and downloads in progress hold disk too: they count.
-    total = sum(found.size for found, _ in ordered) + _temp_bytes(folders)
+    total = sum(f.info.st_size for f in found)
+    total += sum(info.st_size for path, info in listing.temps if os.path.lexists(path))
     removed = []
-    for found, listed in ordered:
-        if total <= max_bytes:
-            break
-        try:
-            if not safefs.remove_checked(str(found.path), listed):
-                continue  # gone, or a new file renamed into place since it was listed
-        except OSError as exc:
-            log.warning("could not prune %s: %s", found.path, exc)
-            continue
-        total -= found.size
-        removed.append(found)
-    _remove_index_records(folders, INDEX_RECORD_AGE)
+    if total > max_bytes:
+        found.sort(key=lambda f: f.info.st_atime)
+        for candidate in found:
+            if total <= max_bytes:
+                break
+            try:
+                if not safefs.remove_checked(candidate.path, candidate.info):
+                    continue  # gone, or a new file renamed into place since it was listed
+            except OSError as exc:
+                log.warning("could not prune %s: %s", candidate.path, exc)
+                continue
+            total -= candidate.info.st_size
+            removed.append(candidate.entry())
+    _remove_index_records(folders, log_too=False)
     _remove_empty_folders(folders)
     if removed:
         log.debug("pruned %d entries from %s", len(removed), folders.cache_dir)
@@ -280,7 +416,7 @@ def clear(cache: Housekeeping) -> int:
         except OSError as exc:
             raise _clear_error(folders.cache_dir, exc) from exc
     cleanup(folders, older_than=0)
-    _remove_index_records(folders, 0)
+    _remove_index_records(folders, log_too=True)
     stamp = names.prune_stamp_path(folders.cache_dir)
     with contextlib.suppress(OSError):
         safefs.remove_checked(stamp, os.lstat(stamp))  # never followed
@@ -299,65 +435,132 @@ def cleanup(folders: Optional[Folders], older_than: float) -> int:
     nobody holds; return how many were removed."""
     if folders is None:
         return 0
+    listing = _list(folders, extra=True)
+    if folders.index_dir is not None:
+        for item in _scan(folders.index_dir):
+            if names.is_temp(item.name):
+                with contextlib.suppress(OSError):
+                    listing.temps.append((item.path, item.stat(follow_symlinks=False)))
+    return _cleanup_listed(folders, listing, older_than)
+
+
+def _cleanup_listed(folders: Folders, listing: _Listing, older_than: float) -> int:
     cutoff = time.time() - older_than
     removed = 0
-    paths = [f.path for f in folders.engines] + ([folders.index_dir] if folders.index_dir else [])
-    for folder in paths:
-        for item in _scan(folder):
-            is_temp, is_lock = names.is_temp(item.name), names.is_lock(item.name)
-            if not (is_temp or is_lock):
-                continue
-            try:
-                info = item.stat(follow_symlinks=False)
-                if info.st_mtime > cutoff:
-                    continue
-                if is_lock:
-                    removed += locks.remove_if_free(
-                        item.path, shared_group=folders.shared_group, group=folders.group
-                    )
-                    continue
-                removed += safefs.remove_checked(item.path, info)
-            except OSError as exc:
-                log.warning("could not remove stale temp file %s: %s", item.path, exc)
+    for path, info in listing.temps + listing.locks:
+        if info.st_mtime > cutoff:
+            continue
+        try:
+            if names.is_lock(os.path.basename(path)):
+                removed += locks.remove_if_free(
+                    path, shared_group=folders.shared_group, group=folders.group
+                )
+            else:
+                removed += safefs.remove_checked(path, info)
+        except OSError as exc:
+            log.warning("could not remove stale temp file %s: %s", path, exc)
     if removed:
         log.debug("removed %d stale temp and lock files under %s", removed, folders.cache_dir)
     return removed
 
 
-def _temp_bytes(folders: Folders) -> int:
-    total = 0
-    for folder in folders.engines:
-        for item in _scan(folder.path):
-            if names.is_temp(item.name):
-                with contextlib.suppress(OSError):
-                    total += item.stat(follow_symlinks=False).st_size
-    return total
+# -- automatic pruning ------------------------------------------------------------------
 
 
-def maybe_prune(cache: Housekeeping, max_bytes: int, interval: float) -> None:
+def maybe_prune(cache: Housekeeping, max_bytes: int, interval: float) -> float:
     """Prune to ``max_bytes`` if no process did within ``interval`` seconds (a shared
-    stamp file), under a lock all processes share; never blocks a save. A stamp or lock
-    file that breaks the rule stops automatic pruning, with a warning naming it."""
+    stamp file), under a lock all processes share (given up at once if another process
+    holds it). A stamp or lock file that breaks the rule stops automatic pruning, with a
+    warning naming it. Return how many seconds until pruning may be due again."""
     cache_dir = str(cache.cache_dir)
     stamp = names.prune_stamp_path(cache_dir)
     shared, group = cache.shared_group, _group(cache)
     try:
-        if time.time() - _stamp_time(stamp, shared_group=shared, group=group) < interval:
-            return
+        age = time.time() - _stamp_time(stamp, shared_group=shared, group=group)
+        if 0 <= age < interval:
+            return interval - age
     except FileNotFoundError:
         pass
     except (OSError, CacheError) as exc:
         log.warning("automatic pruning of %s skipped: %s", cache_dir, exc)
-        return
+        return interval
     prune_lock = names.prune_lock_path(cache_dir)
     with locks.try_file_lock(prune_lock, shared_group=shared, group=group) as locked:
         if not locked:
-            return
+            return interval  # another process prunes right now
         try:
             _touch(stamp, shared_group=shared, group=group)
             prune(cache, max_bytes)
         except (OSError, CacheError) as exc:
             log.warning("automatic pruning of %s failed: %s", cache_dir, exc)
+    return interval
+
+
+class _Worker:
+    """One background thread per process that runs housekeeping handed to it, each job
+    once however often it is asked for while it waits."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[object, Callable[[], object]] = {}
+        self._busy = False
+        self._changed = threading.Condition()
+        self._thread: Optional[threading.Thread] = None
+
+    def submit(self, name: object, job: Callable[[], object]) -> None:
+        with self._changed:
+            if name in self._jobs:
+                return
+            self._jobs[name] = job
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="wasmcache-housekeeping", daemon=True
+                )
+                self._thread.start()
+            self._changed.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while not self._jobs:
+                    self._busy = False
+                    self._changed.notify_all()
+                    if not self._changed.wait(timeout=30.0) and not self._jobs:
+                        self._thread = None
+                        return  # idle: a later job starts a new thread
+                name = next(iter(self._jobs))
+                job = self._jobs.pop(name)
+                self._busy = True
+            try:
+                job()
+            except Exception:
+                log.exception("housekeeping failed")
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Wait until no job is queued or running; return whether that happened."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._changed:
+            while self._jobs or self._busy:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._changed.wait(left)
+        return True
+
+
+_worker = _Worker()
+
+
+def in_background(name: object, job: Callable[[], object]) -> None:
+    """Run ``job`` on the housekeeping thread once this thread holds no compile lock
+    (at once if it holds none); a job of the same ``name`` already waiting is not added
+    again."""
+    locks.after_release(lambda: _worker.submit(name, job))
+
+
+def wait_idle(timeout: Optional[float] = None) -> bool:
+    """Wait until the background housekeeping of this process is done; return whether
+    it was within ``timeout`` seconds."""
+    return _worker.wait(timeout)
 
 
 def _stamp_time(path: str, *, shared_group: bool, group: Optional[int]) -> float:
@@ -379,17 +582,17 @@ def _touch(path: str, *, shared_group: bool, group: Optional[int]) -> None:
         os.close(fd)
 
 
-def _remove_index_records(folders: Folders, older_than: float) -> None:
+def _remove_index_records(folders: Folders, *, log_too: bool) -> None:
+    """Remove the records of an older version (one file per stamp: never read now) and,
+    with ``log_too``, the index log."""
     if folders.index_dir is None:
         return
-    cutoff = time.time() - older_than
     for item in _scan(folders.index_dir):
-        if not names.is_index_record(item.name):
+        is_log = log_too and item.name == names.INDEX_LOG
+        if not (is_log or names.is_index_record(item.name)):
             continue
         with contextlib.suppress(OSError):
-            info = item.stat(follow_symlinks=False)
-            if info.st_mtime <= cutoff:
-                safefs.remove_checked(item.path, info)
+            safefs.remove_checked(item.path, item.stat(follow_symlinks=False))
 
 
 def _remove_empty_folders(folders: Folders) -> None:

@@ -10,8 +10,10 @@ A cache folder holds::
     <cache_dir>/<engine id>-v<N>/.<HASH>.bin.<pid>.<16 hex>.tmp   a save in progress
     <cache_dir>/<engine id>-v<N>/.<HASH>.lock      the compile lock of one key
     <cache_dir>/.prune.lock, .last-prune           automatic pruning's lock and stamp
-    <cache_dir>/index/<64 hex>                     direct mode: file stamp -> key
-    <cache_dir>/index/.<64 hex>.<pid>.<16 hex>.tmp an index record being written
+    <cache_dir>/.metrics, .metrics.lock            counters summed across processes
+    <cache_dir>/index/records                      direct mode: file stamps -> keys
+    <cache_dir>/index/.records.<pid>.<16 hex>.tmp  the index log being rewritten
+    <cache_dir>/index/<64 hex>                     an index record of an older version
 
 and a bucket ``<prefix>/<engine id>-v<N>/<HASH>.bin`` and ``.../<HASH>.lease``.
 """
@@ -31,13 +33,21 @@ ARTIFACT_VERSION = 1
 _KEY = r"(?:[0-9A-F]{16}|[0-9A-F]{64})"
 _ENGINE_FOLDER = re.compile(r"[A-Za-z0-9._-]+-v[0-9]+")
 _ENTRY = re.compile(rf"({_KEY})\.bin")
-_TEMP = re.compile(rf"\.(?:{_KEY}\.bin|[0-9a-f]{{64}})\.[0-9]+\.[0-9a-f]{{16}}\.tmp")
+_TEMP = re.compile(
+    rf"\.(?:{_KEY}\.bin|[0-9a-f]{{64}}|records|metrics)\.[0-9]+\.[0-9a-f]{{16}}\.tmp"
+)
 _LOCK = re.compile(rf"\.{_KEY}\.lock")
 _INDEX_RECORD = re.compile(r"[0-9a-f]{64}")
 
+#: The algorithm an entry name's digest is read as, by its length (as ModuleHash.parse).
+_ALGORITHM_OF_HEX = {n: ModuleHash.parse("0" * n).algorithm for n in (16, 64)}
 PRUNE_LOCK = ".prune.lock"
 PRUNE_STAMP = ".last-prune"
 INDEX_FOLDER = "index"
+INDEX_LOG = "records"
+METRICS = ".metrics"
+METRICS_LOCK = ".metrics.lock"
+CHECKED = ".checked"
 
 
 # -- building --------------------------------------------------------------------------
@@ -69,12 +79,31 @@ def prune_stamp_path(cache_dir: str) -> str:
     return os.path.join(cache_dir, PRUNE_STAMP)
 
 
+def checked_path(cache_dir: str) -> str:
+    """``<cache_dir>/.checked``: the entries whose checksum passed this boot."""
+    return os.path.join(cache_dir, CHECKED)
+
+
 def index_folder(cache_dir: str) -> str:
     return os.path.join(cache_dir, INDEX_FOLDER)
 
 
+def index_log_path(cache_dir: str) -> str:
+    """Where direct mode keeps the keys of file stamps: ``<cache_dir>/index/records``."""
+    return os.path.join(cache_dir, INDEX_FOLDER, INDEX_LOG)
+
+
+def metrics_path(cache_dir: str) -> str:
+    return os.path.join(cache_dir, METRICS)
+
+
+def metrics_lock_path(cache_dir: str) -> str:
+    return os.path.join(cache_dir, METRICS_LOCK)
+
+
 def index_record_path(cache_dir: str, stamp_digest: str) -> str:
-    """Where direct mode keeps the key of one file stamp (its SHA-256, lowercase hex)."""
+    """Where an older version kept the key of one file stamp (its SHA-256, lowercase hex):
+    no longer read, removed by housekeeping."""
     if not _INDEX_RECORD.fullmatch(stamp_digest):
         raise ValueError(f"not a stamp digest: {stamp_digest!r}")
     return os.path.join(cache_dir, INDEX_FOLDER, stamp_digest)
@@ -99,7 +128,14 @@ def is_engine_folder(name: str) -> bool:
 def entry_key(name: str) -> Optional[ModuleHash]:
     """The key an entry file name stands for, or None if ``name`` is not an entry's."""
     match = _ENTRY.fullmatch(name)
-    return ModuleHash.parse(match.group(1)) if match else None
+    if match is None:
+        return None
+    digest = match.group(1)  # hex digits of a known length: checked by the pattern
+    return ModuleHash(_ALGORITHM_OF_HEX[len(digest)], bytes.fromhex(digest))
+
+
+def is_entry(name: str) -> bool:
+    return _ENTRY.fullmatch(name) is not None
 
 
 def is_temp(name: str) -> bool:

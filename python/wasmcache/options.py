@@ -16,7 +16,6 @@ import faulthandler
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Optional
 
 import wasmtime
@@ -113,20 +112,24 @@ _KNOWN_ELSEWHERE = {
 }  # fmt: skip
 
 
-@dataclass
 class Settings:
-    """Everything the options say: the engine's part and the run's part."""
+    """Everything the options say: the engine's part and the run's part. (A plain class:
+    dataclasses costs the command's start-up milliseconds to import.)"""
 
-    config: dict[str, object] = field(default_factory=dict)  # wasmtime.Config attributes
-    max_wasm_stack: Optional[int] = None
-    async_stack_size: Optional[int] = None
-    timeout: Optional[float] = None  # seconds
-    fuel: Optional[int] = None
-    limits: dict[str, int] = field(default_factory=dict)  # wasmtime.Store.set_limits
-    unknown_imports_trap: bool = False
-    unknown_imports_default: bool = False
-    cache: bool = True
-    wasi: dict[str, bool] = field(default_factory=lambda: dict(WASI_DEFAULTS))
+    def __init__(self) -> None:
+        self.config: dict[str, object] = {}  # wasmtime.Config attributes
+        self.max_wasm_stack: Optional[int] = None
+        self.async_stack_size: Optional[int] = None
+        self.timeout: Optional[float] = None  # seconds
+        self.fuel: Optional[int] = None
+        self.limits: dict[str, int] = {}  # wasmtime.Store.set_limits
+        self.unknown_imports_trap = False
+        self.unknown_imports_default = False
+        self.cache = True
+        self.wasi: dict[str, bool] = dict(WASI_DEFAULTS)
+
+    def __repr__(self) -> str:
+        return f"Settings({vars(self)!r})"
 
     @property
     def engine_key(self) -> tuple[object, ...]:

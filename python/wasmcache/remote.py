@@ -22,18 +22,22 @@ from typing import Any, Optional, Union
 
 import wasmtime
 
-from wasmcache import entry, kinds, names, transfer
+from wasmcache import entry, kinds, metrics, names, transfer
 from wasmcache._image import artifact_bytes
 from wasmcache._optional import require
 from wasmcache.base import ModuleCache
+from wasmcache.direct import Index
 from wasmcache.engine import engine_id
 from wasmcache.entry import Buffer, Origin
 from wasmcache.errors import (
     CacheError,
+    DeserializeError,
+    KindMismatch,
     NotFound,
     RemoteAccessDenied,
     RemoteBucketNotFound,
     RemoteUnavailable,
+    SignatureError,
 )
 from wasmcache.filesystem import FileSystemCache
 from wasmcache.hashing import ModuleHash
@@ -110,6 +114,7 @@ class ObjectStoreCache(ModuleCache):
     """
 
     lock_scope = 2
+    metrics_tier = "remote"
 
     def __init__(
         self,
@@ -150,6 +155,8 @@ class ObjectStoreCache(ModuleCache):
             if not 0 <= lease_wait < math.inf:
                 raise ValueError("lease_wait must be 0 or more seconds, and finite")
         self.local = local if local is not None else FileSystemCache(local_dir)
+        # Counted into the local folder's metrics file, beside the local tier's counts.
+        metrics.counters(self).keep_in(metrics.counters(self.local).file)
         self.signer = Signer(signing_key) if signing_key is not None else None
         self._own = Verifier([self.signer.public_key]) if self.signer is not None else None
         self.verifier = Verifier(trusted_keys) if trusted_keys is not None else None
@@ -213,6 +220,14 @@ class ObjectStoreCache(ModuleCache):
     def __repr__(self) -> str:
         return f"ObjectStoreCache({self.url!r}, prefix={self.prefix!r})"
 
+    def metrics(self) -> metrics.Values:
+        """This cache's counters, ``{tier: {counter: value}}`` (see :mod:`wasmcache.metrics`):
+        the remote tier's loads, downloads, uploads and refusals, and its compiles."""
+        return metrics.counters(self).snapshot()
+
+    def _direct_index(self) -> Optional[Index]:
+        return self.local._direct_index()  # records go where the downloads go
+
     def object_key(self, key: ModuleHash, engine: wasmtime.Engine, *, lease: bool = False) -> str:
         """``<prefix>/<engine id>-v<N>/<HASH>.bin`` (or ``.lease``)."""
         if not isinstance(key, ModuleHash):
@@ -226,15 +241,27 @@ class ObjectStoreCache(ModuleCache):
     ) -> Compiled:
         obstore = _obstore()
         name = self.object_key(key, engine)
+        counters = metrics.counters(self)
         try:
             chunks = iter(obstore.get(self._store, name).stream(min_chunk_size=transfer.CHUNK))
         except Exception as exc:
-            raise self._error(exc, name) from exc
+            error = self._error(exc, name)
+            if isinstance(error, NotFound):
+                counters.miss()
+            raise error from exc
         chunks = self._guarded(transfer.prefetched(chunks), name)
-        download = transfer.Download(
-            chunks, name, engine_id(engine), key, kind or "", self.verifier
-        )
-        module = self.local.receive(key, engine, download, verify=not download.checked, kind=kind)
+        try:
+            download = transfer.Download(
+                chunks, name, engine_id(engine), key, kind or "", self.verifier
+            )
+            module = self.local.receive(
+                key, engine, download, verify=not download.checked, kind=kind
+            )
+        except (SignatureError, DeserializeError, KindMismatch):
+            counters.add("refusals")  # RemoteCorrupt is a DeserializeError
+            raise
+        counters.hit(*metrics.last_loaded())
+        counters.add("downloads")
         log.debug("remote hit %s (%s)", key, name)
         return module
 
@@ -278,7 +305,7 @@ class ObjectStoreCache(ModuleCache):
             log.debug("not uploading %s: %s is already there", key, name)
             return
         payload = artifact_bytes(module)
-        sealed = entry.seal(payload, kind, origin)
+        sealed = entry.seal(payload, kind, origin, key=key, engine_id=engine_id(engine))
         pieces, manifest = transfer.encode(
             engine_id(engine),
             key,
@@ -303,6 +330,8 @@ class ObjectStoreCache(ModuleCache):
                 )
         except Exception as exc:
             raise self._error(exc, name) from exc
+        metrics.counters(self).add("uploads")
+        metrics.counters(self).add("bytes_written", size)
         log.debug(
             "uploaded %s (%d bytes, %d compressed) to %s",
             key,

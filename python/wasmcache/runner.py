@@ -13,21 +13,25 @@ import os
 import sys
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import wasmtime
 
-from wasmcache import invoke as values
-from wasmcache import kinds, preview0
+from wasmcache import kinds
 from wasmcache.display import shown
 from wasmcache.failures import cause_lines, report
 from wasmcache.kinds import Compiled
 from wasmcache.options import Settings
 
+if TYPE_CHECKING:
+    from wasmcache import preview0
+
 #: wasmtime run's exit code for a trap (128 + SIGABRT).
 TRAP_EXIT = 134
 _RUN_INTERFACE = "wasi:cli/run@0.2"
+#: The import module of WASI preview 0 (``wasmcache.preview0.NAME``; that module and its
+#: adapter are imported only for a program that imports it).
+PREVIEW0 = "wasi_unstable"
 
 
 class UsageError(Exception):
@@ -38,18 +42,32 @@ class GuestError(Exception):
     """A failure of the run that is not a trap (exit 1, as wasmtime)."""
 
 
-@dataclass
 class Guest:
     """What the guest gets: wasmtime run's defaults are nothing preopened, no environment."""
 
-    source: str
-    args: Sequence[str] = ()
-    argv0: Optional[str] = None
-    dirs: Sequence[str] = ()  # HOST[::GUEST]
-    env: list[list[str]] = field(default_factory=list)
-    invoke: Optional[str] = None
-    settings: Settings = field(default_factory=Settings)
-    preloads: Sequence[tuple[str, Compiled]] = ()
+    def __init__(
+        self,
+        source: str,
+        args: Sequence[str] = (),
+        *,
+        argv0: Optional[str] = None,
+        dirs: Sequence[str] = (),  # HOST[::GUEST]
+        env: Optional[list[list[str]]] = None,
+        invoke: Optional[str] = None,
+        settings: Optional[Settings] = None,
+        preloads: Sequence[tuple[str, Compiled]] = (),
+    ) -> None:
+        self.source = source
+        self.args = args
+        self.argv0 = argv0
+        self.dirs = dirs
+        self.env: list[list[str]] = env if env is not None else []
+        self.invoke = invoke
+        self.settings = settings if settings is not None else Settings()
+        self.preloads = preloads
+
+    def __repr__(self) -> str:
+        return f"Guest({self.source!r}, {list(self.args)!r})"
 
 
 def guest_env(inherit: bool, items: Sequence[str]) -> list[list[str]]:
@@ -157,7 +175,7 @@ def _run(guest: Guest, engine: wasmtime.Engine, work: Callable[[wasmtime.Store],
         if _is_trap(str(exc)):  # a component's trap arrives as a plain error
             return _trapped(guest, str(exc))
         return _failed(guest, exc)
-    except (GuestError, values.InvokeError) as exc:
+    except GuestError as exc:
         return _failed(guest, exc)
     finally:
         if timer is not None:
@@ -194,7 +212,9 @@ def _run_module(
     adapter: Optional[preview0.Adapter] = None
     if settings.wasi["cli"]:
         linker.define_wasi()
-        if settings.wasi["preview0"] and preview0.imports_it(module):
+        if settings.wasi["preview0"] and any(i.module == PREVIEW0 for i in module.imports):
+            from wasmcache import preview0
+
             adapter = preview0.Adapter(engine, store, linker, module)
     for name, preloaded in guest.preloads:
         assert isinstance(preloaded, wasmtime.Module)
@@ -235,11 +255,20 @@ def _call(store: wasmtime.Store, func: wasmtime.Func, guest: Guest) -> None:
     if len(guest.args) < len(params):
         name = f"`{guest.invoke}`" if guest.invoke is not None else "command default"
         raise GuestError(f"not enough arguments for {name}")
-    arguments = [values.parse(text, kind) for text, kind in zip(guest.args, params)]
+    arguments: list[object] = []
+    if params:
+        from wasmcache import invoke as values  # imported for arguments and results only
+
+        try:
+            arguments = [values.parse(text, kind) for text, kind in zip(guest.args, params)]
+        except values.InvokeError as exc:
+            raise GuestError(str(exc)) from None
     result: Any = func(store, *arguments)
     results = ty.results
     if not results:
         return
+    from wasmcache import invoke as values
+
     outputs = result if len(results) > 1 else [result]
     for value, kind in zip(outputs, results):
         print(values.format_result(value, kind))

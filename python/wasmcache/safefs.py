@@ -6,11 +6,15 @@ a real folder (not a link) owned by the user or root and not writable by group o
 a file read there (entry, index record, lock, prune stamp) is a regular file owned by the
 user or root, not writable by group or others, with one link.
 
-With ``shared_group`` the cache folder's group G is trusted too: a folder or file may be
-owned by any member of G (primary group or listed member) if it belongs to G, and may be
-group-writable if it belongs to G; nothing may be writable by others. Everyone in G can
-then put native code into every member's processes. What wasmcache creates there is made
-the group's: folders 2770 in G, entries group-readable, lock and stamp files group-writable.
+With ``shared_group`` the cache folder's group G is trusted too, and only if this process
+is in G (its effective or a supplementary group; root too, since trusting a group means
+running its members' code): a folder or file may be owned by any member of G (primary
+group or listed member) if it belongs to G, and may be group-writable if it belongs to G;
+nothing may be writable by others, and nothing may carry a POSIX ACL that names a user or
+group (the ACL's mask shows as the group bits, so the mode would hide who else can write).
+Everyone in G can then put native code into every member's processes. What wasmcache
+creates there is made the group's: folders 2770 in G without inherited ACLs, entries
+group-readable, lock and stamp files group-writable.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ import functools
 import logging
 import os
 import stat
-from typing import Callable, Optional
+import struct
+from typing import Callable, Optional, Union
 
 from wasmcache import _core, names
 from wasmcache.errors import FileReadError, FileWriteError, UnsafeCacheError, UnsafeEntryError
@@ -96,6 +101,102 @@ def is_member(uid: int, gid: int) -> bool:
         return False
 
 
+def in_process_groups(gid: int) -> bool:
+    """Whether ``gid`` is this process's effective group or one of its supplementary
+    groups (asked each time: a process may change its groups)."""
+    return gid == os.getegid() or gid in os.getgroups()
+
+
+def _group_name(gid: int) -> str:
+    import grp
+
+    try:
+        return f"{gid} ({grp.getgrgid(gid).gr_name})"
+    except (KeyError, OverflowError):
+        return str(gid)
+
+
+def group_setting(shared_group: object) -> tuple[bool, Optional[int]]:
+    """A cache's ``shared_group`` argument as (shared, the gid it names): False (private),
+    True (the cache folder's own group), or a group name or gid that the cache folder must
+    carry. TypeError for another type, ValueError for an unknown name or a negative gid."""
+    if isinstance(shared_group, bool):
+        return shared_group, None
+    if isinstance(shared_group, int):
+        if shared_group < 0:
+            raise ValueError(f"shared_group must not be a negative gid: {shared_group}")
+        return True, shared_group
+    if isinstance(shared_group, str):
+        import grp
+
+        try:
+            return True, grp.getgrnam(shared_group).gr_gid
+        except KeyError:
+            raise ValueError(f"shared_group names no group: {shared_group!r}") from None
+    raise TypeError(
+        f"shared_group must be a bool, a group name or a gid, not {type(shared_group).__name__}"
+    )
+
+
+# -- POSIX ACLs ---------------------------------------------------------------------------
+
+ACL_ACCESS = "system.posix_acl_access"
+ACL_DEFAULT = "system.posix_acl_default"
+_ACL_HEADER = struct.Struct("<I")
+_ACL_ENTRY = struct.Struct("<HHI")
+_ACL_VERSION = 2
+_ACL_NAMED = {0x02: "user", 0x08: "group"}  # ACL_USER, ACL_GROUP
+#: errno values that mean "no ACL here" (none set, or the filesystem keeps none).
+_NO_ACL = {errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP, getattr(errno, "ENOATTR", -1)}
+
+
+def _acl_named(value: bytes) -> Optional[str]:
+    """The first named user or group entry of an ACL xattr's value, as text, or None if
+    it has none; a value that is not an ACL counts as one that names someone."""
+    if len(value) < _ACL_HEADER.size or (len(value) - _ACL_HEADER.size) % _ACL_ENTRY.size:
+        return "an ACL of unknown format"
+    if _ACL_HEADER.unpack_from(value)[0] != _ACL_VERSION:
+        return "an ACL of unknown version"
+    for tag, _, qualifier in _ACL_ENTRY.iter_unpack(value[_ACL_HEADER.size :]):
+        if tag in _ACL_NAMED:
+            return f"{_ACL_NAMED[tag]}:{qualifier}"
+    return None
+
+
+def acl_problem(target: Union[int, str], *, folder: bool) -> Optional[str]:
+    """Why the file or folder (an open fd, or a path not followed) may be written by
+    someone its mode does not show: a POSIX ACL naming a user or group (with ``folder``
+    the default ACL too, which new files inherit), or an ACL that cannot be read. None
+    if it carries none."""
+    names = (ACL_ACCESS, ACL_DEFAULT) if folder else (ACL_ACCESS,)
+    for name in names:
+        try:
+            if isinstance(target, int):
+                value = os.getxattr(target, name)
+            else:
+                value = os.getxattr(target, name, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno in _NO_ACL:
+                continue
+            return f"has an ACL that cannot be read ({exc.strerror})"
+        named = _acl_named(value)
+        if named is not None:
+            which = "a default ACL" if name == ACL_DEFAULT else "an ACL"
+            return f"carries {which} naming {named}, which its mode bits do not show"
+    return None
+
+
+def strip_acls(fd: int) -> None:
+    """Remove the ACLs a folder this process created inherited from its parent's default
+    ACL (its mode is set again afterwards)."""
+    for name in (ACL_ACCESS, ACL_DEFAULT):
+        try:
+            os.removexattr(fd, name)
+        except OSError as exc:
+            if exc.errno not in _NO_ACL:
+                raise
+
+
 def _remove(kind: str) -> str:
     return "rm -r {path}" if kind == "folder" else "rm {path}"
 
@@ -118,6 +219,15 @@ def _problem(
         return None
     if info.st_mode & stat.S_IWOTH:
         return "is writable by others", "chmod o-w {path}"
+    if not in_process_groups(group):
+        reason = (
+            f"belongs to group {_group_name(group)}, which this process is not in (shared_group "
+            "trusts the cache folder's group only for its members)"
+        )
+        return reason, (
+            "use a cache folder whose group you are in (chgrp <your group> {path}), or join "
+            "the group and log in again"
+        )
     if (info.st_mode & stat.S_IWGRP or not mine) and info.st_gid != group:
         # Group write, and trust in another member, hold for the cache folder's group only.
         owner = "" if mine else f"is owned by uid {info.st_uid} and "
@@ -133,7 +243,7 @@ def _problem(
 
 
 def folder_info(
-    path: str, *, shared_group: bool = False, group: Optional[int] = None
+    path: str, *, shared_group: bool = False, group: Optional[int] = None, exact: bool = False
 ) -> Optional[os.stat_result]:
     """:func:`check_folder`, returning the folder's lstat (None: no folder there)."""
     try:
@@ -147,12 +257,19 @@ def folder_info(
     elif not stat.S_ISDIR(info.st_mode):
         return None
     else:
-        problem = _problem(
-            info,
-            shared_group=shared_group,
-            group=info.st_gid if group is None else group,
-            kind="folder",
-        )
+        trusted = info.st_gid if group is None else group
+        problem = None
+        if shared_group and exact and info.st_gid != trusted:
+            problem = (
+                f"belongs to group {_group_name(info.st_gid)}, not to group "
+                f"{_group_name(trusted)} that shared_group names",
+                f"chgrp {trusted} {{path}} && chmod 2770 {{path}}",
+            )
+        if problem is None:
+            problem = _problem(info, shared_group=shared_group, group=trusted, kind="folder")
+        if problem is None and shared_group:
+            acl = acl_problem(path, folder=True)
+            problem = None if acl is None else (acl, "setfacl -b -k {path}")
         if problem is None:
             return info
         reason, fix = problem[0], problem[1].format(path=path)
@@ -163,13 +280,16 @@ def folder_info(
     )
 
 
-def check_folder(path: str, *, shared_group: bool = False, group: Optional[int] = None) -> bool:
+def check_folder(
+    path: str, *, shared_group: bool = False, group: Optional[int] = None, exact: bool = False
+) -> bool:
     """Check a cache, engine or index folder against the rule; False if there is no folder
     there (nothing yet, or a file in the way, here or on its path: using it fails as any
     write would), UnsafeCacheError (naming path, reason and fix) if it breaks the rule.
     ``group`` is the cache folder's group (default: the folder's own), which with
-    ``shared_group`` is the group whose members may own and write it."""
-    return folder_info(path, shared_group=shared_group, group=group) is not None
+    ``shared_group`` is the group whose members may own and write it; with ``exact`` the
+    folder must belong to it (a cache folder whose group the caller named)."""
+    return folder_info(path, shared_group=shared_group, group=group, exact=exact) is not None
 
 
 def _parent_group(path: str) -> int:
@@ -186,10 +306,12 @@ def check_entry(
     shared_group: bool = False,
     group: Optional[int] = None,
     what: str = "cache entry",
+    fd: Optional[int] = None,
 ) -> None:
     """Check an open file in a cache folder (its fstat) against the rule: a regular file
-    with one link, its owner and mode as :func:`check_folder` asks; UnsafeEntryError if
-    it breaks it. ``group``: the cache folder's group (default: the file's folder's);
+    with one link, its owner and mode as :func:`check_folder` asks (with ``shared_group``
+    no ACL naming a user or group, read from ``fd`` when given); UnsafeEntryError if it
+    breaks it. ``group``: the cache folder's group (default: the file's folder's);
     ``what`` names the file in the message."""
     problem: Optional[tuple[str, str]]
     if not stat.S_ISREG(info.st_mode):
@@ -202,6 +324,9 @@ def check_entry(
         problem = _problem(
             info, shared_group=shared_group, group=-1 if group is None else group, kind="file"
         )
+        if problem is None and shared_group:
+            acl = acl_problem(path if fd is None else fd, folder=False)
+            problem = None if acl is None else (acl, "setfacl -b {path}")
     if problem is None:
         return
     fix = f"remove it (rm {path})"
@@ -220,11 +345,14 @@ def _share(fd: int, bits: int) -> None:
 
 
 def _share_folder(path: str, group: Optional[int]) -> None:
-    """Make a folder this process created the group's: its group set to ``group`` (the
-    cache folder's, when given and different), group rwx and setgid, so files made in it
-    by any member belong to the group."""
+    """Make a folder this process created the group's: no ACL inherited from its parent,
+    its group set to ``group`` (the cache folder's, when given and different), group rwx
+    and setgid, so files made in it by any member belong to the group."""
     fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | getattr(os, "O_DIRECTORY", 0))
     try:
+        if os.fstat(fd).st_uid != os.geteuid():
+            return  # made by another process meanwhile: its owner decides
+        strip_acls(fd)  # inherited from a default ACL of the parent: the mode says it all
         if group is not None and os.fstat(fd).st_gid != group:
             with contextlib.suppress(OSError):  # not a member: the rule will say so
                 os.fchown(fd, -1, group)
@@ -233,15 +361,19 @@ def _share_folder(path: str, group: Optional[int]) -> None:
         os.close(fd)
 
 
-def make_folders(cache_dir: str, engine_dir: Optional[str], *, shared_group: bool) -> None:
+def make_folders(
+    cache_dir: str, engine_dir: Optional[str], *, shared_group: bool, group: Optional[int] = None
+) -> None:
     """Create the cache folder and an engine folder when missing: 0700, or with
-    ``shared_group`` 2770 (what the umask leaves, plus group rwx and setgid) in the cache
-    folder's group. An existing one must be a real folder and is left as it is."""
+    ``shared_group`` 2770 (what the umask leaves, plus group rwx and setgid, inherited
+    ACLs removed) in the cache folder's group (``group``, when the caller named one, for
+    a cache folder made here). An existing one must be a real folder and is left as it
+    is."""
     mode = 0o770 if shared_group else 0o700
     made = not os.path.lexists(cache_dir)
     os.makedirs(cache_dir, mode=mode, exist_ok=True)
     if made and shared_group:
-        _share_folder(cache_dir, None)
+        _share_folder(cache_dir, group)
     if engine_dir is None:
         return
     try:
@@ -306,7 +438,7 @@ def read_at_most(
     except (OSError, FileReadError):
         return None
     try:
-        check_entry(path, info, shared_group=shared_group, group=group)
+        check_entry(path, info, shared_group=shared_group, group=group, fd=fd)
         if info.st_size > limit:
             return None
         return os.pread(fd, limit + 1, 0)
@@ -341,7 +473,7 @@ def open_lock(
         fd = os.open(path, READ_FLAGS)
     try:
         info = os.fstat(fd)
-        check_entry(path, info, shared_group=shared_group, group=group, what=what)
+        check_entry(path, info, shared_group=shared_group, group=group, what=what, fd=fd)
         if shared_group and info.st_mode & 0o060 != 0o060:
             _share(fd, stat.S_IRGRP | stat.S_IWGRP)
     except BaseException:
@@ -393,6 +525,26 @@ def _write_error(path: str, exc: OSError) -> FileWriteError:
     return FileWriteError(f"cannot write {path}: {reason}", path, exc.errno)
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where the system tells it."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: read by setting it, and put back at once
+    os.umask(mask)
+    return mask
+
+
+def shared_file_mode() -> int:
+    """The mode of an entry in a shared folder: what the umask leaves of 0644, plus
+    group read (so members can load it whatever their umask)."""
+    return (0o644 & ~_umask()) | stat.S_IRGRP
+
+
 def write_file(
     path: str,
     payload: _core.Buffer,
@@ -404,14 +556,15 @@ def write_file(
 ) -> None:
     """Write payload + trailer to ``path`` atomically (temp file + rename), its folder made
     with ``make_folder`` when missing (again if a concurrent prune removes it meanwhile).
-    With ``shared_group`` the new file is group-readable."""
-    if shared_group:
-        _write_shared(path, payload, trailer, make_folder, fsync=fsync)
-        return
+    With ``shared_group`` the new file is group-readable (its mode set before its first
+    byte is written)."""
+    mode = shared_file_mode() if shared_group else 0
     for attempt in range(CREATE_ATTEMPTS):
         last = attempt == CREATE_ATTEMPTS - 1
         try:
-            _core.atomic_write(names.temp_path(path), path, payload, trailer, fsync=fsync)
+            _core.atomic_write(
+                names.temp_path(path), path, payload, trailer, fsync=fsync, mode=mode
+            )
             return
         except FileWriteError as exc:
             if exc.errno == errno.ENOTDIR and isinstance(exc.__cause__, OSError):
@@ -428,32 +581,3 @@ def write_file(
             raise FileWriteError(
                 f"cannot create the folder of {path}: {exc.strerror}", path, exc.errno
             ) from exc
-
-
-def _write_shared(
-    path: str,
-    payload: _core.Buffer,
-    trailer: bytes,
-    make_folder: Callable[[str], None],
-    *,
-    fsync: bool,
-) -> None:
-    """:func:`write_file` for a shared folder: the temp file is made group-readable
-    before it is written and renamed (the C writer creates files with the umask's mode)."""
-    temp, fd = create_temp(path, make_folder, shared_group=True)
-    try:
-        try:
-            with memoryview(payload) as view, view.cast("B") as flat:
-                write_all(fd, flat)
-            write_all(fd, memoryview(trailer))
-            if fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(temp, path)
-    except OSError as exc:
-        unlink_quietly(temp)
-        raise _write_error(path, exc) from exc
-    except BaseException:
-        unlink_quietly(temp)
-        raise

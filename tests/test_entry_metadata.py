@@ -1,0 +1,304 @@
+"""An entry's metadata is untrusted text: one strict reader (UTF-8 only, nesting measured
+by one linear scan before the parser runs) turns anything else into a corrupt entry, which
+loads remove and the housekeeping commands report, never an exception of another kind.
+And an entry records the key and engine it was saved under, so a renamed one never runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import wasmtime
+import xxhash
+
+import wasmcache as wc
+from conftest import ADD_WAT, call_add
+from wasmcache import entry, schema
+from wasmcache.entry import TRAILER, Corrupt
+from wasmcache.hashing import DEFAULT_ALGORITHM
+
+
+def default_key(data: bytes) -> wc.ModuleHash:
+    return wc.ModuleHash.of(DEFAULT_ALGORITHM, data)
+
+
+def utf16_nesting() -> bytes:
+    """Metadata in UTF-16-LE whose brackets a byte scan of UTF-8 string syntax misses:
+    U+5C41 is the bytes 41 5C, so the closing quote (22 00) after it looks escaped."""
+    text = '{"x":"\u5c41","y":' + "[" * 15000 + "]" * 15000 + ',"z":1}'
+    return text.encode("utf-16-le")
+
+
+#: 64 KiB blocks that made a backtracking string pattern scan to the end from every quote.
+SLOW_BLOCKS = {
+    "escaped quotes, none closing": b"{" * 9 + b'"' + b'\\"' * 32760,
+    "unterminated strings": b"{" * 9 + b'"\\' * 32760,
+    "deep brackets": b"[" * entry.MAX_META,
+}
+
+
+def whole_entry(artifact: bytes, meta: bytes) -> bytes:
+    """An entry in today's format with ``meta`` as its metadata and a right checksum."""
+    payload = artifact + meta + len(meta).to_bytes(4, "little")
+    return payload + TRAILER.pack(len(payload), xxhash.xxh3_64_intdigest(payload), entry.MAGIC)
+
+
+@pytest.fixture
+def planted(tmp_path, engine):
+    """A cache holding a checksummed entry for add.wasm's key whose metadata is the
+    UTF-16 block."""
+    wasm = wasmtime.wat2wasm(ADD_WAT)
+    cache = wc.FileSystemCache(tmp_path / "c")
+    key = default_key(wasm)
+    path = cache.path(key, engine)
+    path.parent.mkdir(mode=0o700, parents=True)
+    artifact = wasmtime.Module(engine, wasm).serialize()
+    path.write_bytes(whole_entry(artifact, utf16_nesting()))
+    return cache, key, path, wasm
+
+
+def test_utf16_metadata_is_corrupt_not_a_recursion_error():
+    with pytest.raises(Corrupt, match="damaged metadata"):
+        entry.parse_info(utf16_nesting())
+    with pytest.raises(schema.Invalid):
+        schema.loads(utf16_nesting(), max_size=entry.MAX_META, max_depth=8)
+
+
+def test_a_load_removes_the_utf16_entry(planted, engine):
+    cache, key, path, wasm = planted
+    with pytest.raises(wc.DeserializeError, match="damaged metadata"):
+        cache.load(key, engine)
+    assert not path.exists()
+    assert call_add(engine, cache.load_or_compile(engine, wasm)) == 5  # compiled again
+    assert path.exists()
+
+
+def test_listing_and_verify_report_the_utf16_entry(planted, engine):
+    cache, _, path, _ = planted
+    (found,) = cache.entries()
+    assert cache.describe(found) is None  # unknown description, no crash
+    assert cache.summary()[found.engine_folder].entries == 1
+    (bad,) = cache.verify_entries()
+    assert bad[0].path == path and "damaged metadata" in bad[1]
+    assert path.exists()
+    cache.verify_entries(fix=True)
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("command", [["ls"], ["stats"], ["verify"], ["verify", "--fix"]])
+def test_the_command_reports_the_utf16_entry_without_a_traceback(planted, command):
+    cache, _, path, _ = planted
+    done = subprocess.run(
+        [sys.executable, "-m", "wasmcache", "--cache-dir", str(cache.cache_dir), *command],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "Traceback" not in done.stderr and "RecursionError" not in done.stderr, done.stderr
+    assert done.returncode in (0, 1), done.stderr
+    if command == ["verify"]:
+        assert done.returncode == 1 and path.name in done.stdout + done.stderr
+    assert path.exists() == (command != ["verify", "--fix"])
+
+
+@pytest.mark.parametrize("name", sorted(SLOW_BLOCKS))
+def test_hostile_blocks_are_corrupt(name):
+    with pytest.raises(Corrupt, match="damaged metadata"):
+        entry.parse_info(SLOW_BLOCKS[name][: entry.MAX_META])
+
+
+def test_hostile_blocks_cost_one_pass(tmp_path):
+    """Each block ten times in a fresh process, well within a bound that a quadratic scan
+    (23 to 31 s per block) could not meet."""
+    script = textwrap.dedent(
+        """
+        import sys
+        from wasmcache import entry
+        sys.path.insert(0, sys.argv[1])
+        from test_entry_metadata import SLOW_BLOCKS, utf16_nesting
+        for raw in [*SLOW_BLOCKS.values(), utf16_nesting()] * 10:
+            try:
+                entry.parse_info(raw[: entry.MAX_META])
+            except entry.Corrupt:
+                pass
+        print("done")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(Path(__file__).parent)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.stdout.strip() == "done", done.stderr
+
+
+def test_the_reader_is_strict():
+    """UTF-8 only, no key twice, no NaN, a bounded depth."""
+    good = json.loads(entry.seal(b"x", "module").tail[: -TRAILER.size - 4])
+    for bad in (
+        json.dumps(good).encode("utf-16"),
+        json.dumps(good).encode("utf-32"),
+        b'{"kind":"module","kind":"component"}',
+        b'{"kind":"module","artifact_length":NaN}',
+        b'{"a":' + b"[" * 9 + b"]" * 9 + b"}",
+        b"\xef\xbb\xbf" + json.dumps(good).encode(),  # a byte order mark
+    ):
+        with pytest.raises(Corrupt):
+            entry.parse_info(bad)
+    assert entry.parse_info(json.dumps(good).encode()).kind == "module"
+
+
+# -- what an entry records of its name ----------------------------------------------------
+
+
+def test_seal_records_the_key_and_engine(engine):
+    key = default_key(b"wasm")
+    raw = entry.seal(b"artifact", "module", key=key, engine_id=wc.engine_id(engine)).tail
+    meta = raw[: -TRAILER.size - 4]
+    quick, general = entry.parse_info(meta), entry.parse_info_general(meta)
+    assert quick == general
+    assert (quick.key_algorithm, quick.key, quick.engine_id) == (
+        key.algorithm, str(key), wc.engine_id(engine),
+    )  # fmt: skip
+    assert quick.names_other(key, wc.engine_id(engine)) is None
+    assert "saved under key" in (quick.names_other(default_key(b"other"), "e") or "")
+    assert "saved for engine" in (quick.names_other(key, "wasmtime-0-0") or "")
+
+
+def test_metadata_without_a_name_stands_for_any():
+    info = entry.parse_info(entry.seal(b"artifact", "module").tail[: -TRAILER.size - 4])
+    assert (info.key, info.key_algorithm, info.engine_id) == (None, None, None)
+    assert info.names_other(default_key(b"x"), "any") is None
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"key": "ABCDEF0123456789"},  # no algorithm
+        {"key_algorithm": "sha256"},  # no key
+        {"key": "abcdef0123456789", "key_algorithm": "sha256"},  # lowercase
+        {"key": "ABC", "key_algorithm": "sha256"},
+        {"key": "ABCDEF0123456789", "key_algorithm": "SHA-256"},
+        {"engine_id": "../x"},
+        {"engine_id": ""},
+        {"engine_id": 5},
+    ],
+)
+def test_a_bad_name_in_metadata_is_corrupt(fields):
+    meta = json.loads(entry.seal(b"artifact", "module").tail[: -TRAILER.size - 4])
+    meta.update(fields)
+    with pytest.raises(Corrupt, match="damaged metadata"):
+        entry.parse_info(json.dumps(meta).encode())
+
+
+def test_seal_checks_its_name_arguments():
+    with pytest.raises(TypeError):
+        entry.seal(b"a", "module", key="ABCD")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        entry.seal(b"a", "module", engine_id="a/b")
+
+
+def _swap(cache: wc.FileSystemCache, engine, a: wc.ModuleHash, b: wc.ModuleHash) -> Path:
+    """Rename b's entry over a's name, as someone who can rename in the folder could."""
+    cache.path(b, engine).rename(cache.path(a, engine))
+    return cache.path(a, engine)
+
+
+@pytest.fixture
+def two(tmp_path, engine):
+    """A cache holding add.wasm (5) and a variant that multiplies (6) under their keys."""
+    cache = wc.FileSystemCache(tmp_path / "c")
+    a = wasmtime.wat2wasm(ADD_WAT)
+    b = wasmtime.wat2wasm(ADD_WAT.replace("i32.add", "i32.mul"))
+    assert a != b
+    for wasm in (a, b):
+        cache.load_or_compile(engine, wasm)
+    return cache, a, b
+
+
+def test_an_entry_renamed_over_another_key_never_runs(two, engine):
+    cache, a, b = two
+    path = _swap(cache, engine, default_key(a), default_key(b))
+    with pytest.raises(wc.DeserializeError, match="saved under key"):
+        cache.load(default_key(a), engine)
+    assert not path.exists()  # removed
+    assert call_add(engine, cache.load_or_compile(engine, a)) == 5
+
+
+def test_a_renamed_entry_is_named_by_verify(two, engine):
+    cache, a, b = two
+    path = _swap(cache, engine, default_key(a), default_key(b))
+    (bad,) = cache.verify_entries(fix=True)
+    assert bad[0].path == path and "saved under key" in bad[1]
+    assert not path.exists()
+
+
+def test_an_entry_moved_to_another_engine_never_runs(tmp_path, engine):
+    cache = wc.FileSystemCache(tmp_path / "c")
+    wasm = wasmtime.wat2wasm(ADD_WAT)
+    cache.load_or_compile(engine, wasm)
+    config = wasmtime.Config()
+    config.cranelift_opt_level = "none"
+    other = wasmtime.Engine(config)
+    assert wc.engine_id(other) != wc.engine_id(engine)
+    key = default_key(wasm)
+    target = cache.path(key, other)
+    target.parent.mkdir(mode=0o700)
+    shutil.copyfile(cache.path(key, engine), target)
+    with pytest.raises(wc.DeserializeError, match="saved for engine"):
+        cache.load(key, other)
+    assert not target.exists()
+
+
+def test_receive_refuses_an_entry_of_another_key(two, engine):
+    cache, a, b = two
+    theirs = cache.path(default_key(b), engine).read_bytes()
+    mine = cache.path(default_key(a), engine)
+    before = mine.read_bytes()
+    with pytest.raises(wc.DeserializeError, match="saved under key"):
+        cache.receive(default_key(a), engine, [theirs])
+    assert mine.read_bytes() == before  # nothing renamed into place
+    assert sorted(p.name for p in mine.parent.iterdir()) == sorted(
+        cache.path(default_key(w), engine).name for w in (a, b)
+    )  # and no temp file left
+
+
+def test_an_entry_written_before_names_were_recorded_still_loads(tmp_path, engine):
+    cache = wc.FileSystemCache(tmp_path / "c")
+    wasm = wasmtime.wat2wasm(ADD_WAT)
+    key = default_key(wasm)
+    path = cache.path(key, engine)
+    path.parent.mkdir(mode=0o700, parents=True)
+    artifact = wasmtime.Module(engine, wasm).serialize()
+    meta = entry.seal(artifact, "module").tail[: -TRAILER.size - 4]
+    assert b'"key"' not in meta
+    path.write_bytes(whole_entry(artifact, meta))
+    inode = path.stat().st_ino
+    assert call_add(engine, cache.load(key, engine)) == 5
+    cache.save(key, engine, wasmtime.Module(engine, wasm))
+    assert path.stat().st_ino == inode  # the same artifact: kept as it is
+    assert cache.verify_entries() == []
+
+
+def test_an_identical_entry_is_kept_unless_it_names_another_key(tmp_path, engine):
+    cache = wc.FileSystemCache(tmp_path / "c")
+    wasm = wasmtime.wat2wasm(ADD_WAT)
+    key, other = default_key(wasm), default_key(b"other")
+    module = wasmtime.Module(engine, wasm)
+    cache.save(key, engine, module)
+    path = cache.path(key, engine)
+    inode = path.stat().st_ino
+    cache.save(key, engine, module)
+    assert path.stat().st_ino == inode  # kept
+    cache.save(other, engine, module)  # the same artifact under another key
+    cache.path(other, engine).rename(path)
+    renamed = path.stat().st_ino
+    cache.save(key, engine, module)
+    assert path.stat().st_ino != renamed  # replaced by an entry naming its key
+    assert call_add(engine, cache.load(key, engine)) == 5

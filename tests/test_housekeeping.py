@@ -1,0 +1,238 @@
+"""Housekeeping off the hot path: no folder scan inside a save or under a compile lock,
+automatic pruning at most once per interval across processes, lock files gone once
+released, direct-mode records in one bounded log."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import wasmtime
+
+import wasmcache as wc
+from conftest import call_add
+from wasmcache import direct, locks, maintenance, names, synth
+from wasmcache.hashing import DEFAULT_ALGORITHM
+
+
+def _wasm(i: int) -> bytes:
+    return synth.data_module(32 << 10, seed=500 + i)
+
+
+class Watch:
+    """Records every folder scan, and whether a save or a compile lock (of any thread)
+    was in progress when it happened."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, cache: wc.FileSystemCache) -> None:
+        self.scans: list[str] = []
+        self.violations: list[str] = []
+        self.saving = 0
+        self.locked = 0
+        scan, save, lock = maintenance._scan, cache.save, cache.compile_lock
+
+        def watched_scan(folder: str) -> list[os.DirEntry[str]]:
+            self.scans.append(threading.current_thread().name)
+            if self.saving or self.locked or locks.held():
+                self.violations.append(f"scan of {folder}: saving={self.saving} lock={self.locked}")
+            return scan(folder)
+
+        def watched_save(*args: Any, **kwargs: Any) -> None:
+            self.saving += 1
+            try:
+                save(*args, **kwargs)
+            finally:
+                self.saving -= 1
+
+        @contextlib.contextmanager
+        def watched_lock(*args: Any) -> Iterator[None]:
+            with lock(*args):
+                self.locked += 1
+                try:
+                    yield
+                finally:
+                    self.locked -= 1
+
+        monkeypatch.setattr(maintenance, "_scan", watched_scan)
+        monkeypatch.setattr(cache, "save", watched_save)
+        monkeypatch.setattr(cache, "compile_lock", watched_lock)
+
+
+def test_no_scan_inside_a_save_or_under_a_compile_lock(tmp_path, engine, monkeypatch):
+    cache = wc.FileSystemCache(tmp_path / "c", max_bytes=1, prune_interval=0)
+    watch = Watch(monkeypatch, cache)
+    for i in range(3):
+        cache.load_or_compile(engine, _wasm(i))
+        assert cache.wait_housekeeping(timeout=60)
+    assert watch.scans, "automatic pruning never ran"
+    assert watch.violations == []
+    assert cache.entries() == []  # max_bytes=1: pruned to nothing, after each save
+
+
+def test_a_plain_save_prunes_on_the_housekeeping_thread(tmp_path, engine, monkeypatch):
+    cache = wc.FileSystemCache(tmp_path / "c", max_bytes=1, prune_interval=0)
+    watch = Watch(monkeypatch, cache)
+    wasm = _wasm(9)
+    cache.save(wc.ModuleHash.of(DEFAULT_ALGORITHM, wasm), engine, wasmtime.Module(engine, wasm))
+    assert cache.wait_housekeeping(timeout=60)
+    assert set(watch.scans) == {"wasmcache-housekeeping"} and watch.violations == []
+    assert cache.entries() == []
+
+
+def test_work_after_release_waits_for_the_outermost_lock(tmp_path, engine):
+    cache = wc.FileSystemCache(tmp_path / "c")
+    ran = []
+    with cache.compile_lock(wc.ModuleHash.sha256(b"a"), engine):
+        with cache.compile_lock(wc.ModuleHash.sha256(b"b"), engine):
+            locks.after_release(lambda: ran.append(locks.held()))
+        assert ran == []
+    assert ran == [0]
+
+
+_SAVE = textwrap.dedent(
+    """
+    import sys, wasmtime, wasmcache as wc
+    cache = wc.FileSystemCache(sys.argv[1], max_bytes=1 << 40, prune_interval=3600)
+    engine = wasmtime.Engine()
+    wasm = bytes.fromhex(sys.argv[2])
+    cache.save(wc.ModuleHash.sha256(wasm), engine, wasmtime.Module(engine, wasm))
+    assert cache.wait_housekeeping(timeout=60)
+    """
+)
+
+
+def test_automatic_pruning_runs_once_per_interval_across_processes(tmp_path, add_wasm):
+    folder = tmp_path / "c"
+    stamp = folder / names.PRUNE_STAMP
+    seen = []
+    for wasm in (add_wasm, _wasm(1)):
+        done = subprocess.run(
+            [sys.executable, "-c", _SAVE, str(folder), wasm.hex()], capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        seen.append(stamp.stat().st_mtime_ns)
+    assert seen[0] == seen[1]  # the second process found the stamp fresh: no second prune
+
+
+_WAIT = textwrap.dedent(
+    """
+    import os, sys, wasmtime, wasmcache as wc
+    from wasmcache import names
+    cache = wc.FileSystemCache(sys.argv[1])
+    key = wc.ModuleHash.parse(sys.argv[2])
+    engine = wasmtime.Engine()
+    lock = names.lock_path(str(cache.path(key, engine)))
+    print("waiting", flush=True)
+    with cache.compile_lock(key, engine):
+        print("got", os.path.exists(lock), flush=True)
+    print("released", os.path.exists(lock), flush=True)
+    """
+)
+
+
+def test_a_waiter_locks_the_new_file_after_the_holder_removed_its_own(tmp_path, engine):
+    cache = wc.FileSystemCache(tmp_path / "c")
+    key = wc.ModuleHash.sha256(b"contended")
+    lock = Path(names.lock_path(str(cache.path(key, engine))))
+    with cache.compile_lock(key, engine):
+        held = lock.stat().st_ino
+        waiter = subprocess.Popen(
+            [sys.executable, "-c", _WAIT, str(cache.cache_dir), str(key)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert waiter.stdout is not None
+        assert waiter.stdout.readline() == "waiting\n"
+        time.sleep(0.5)  # let it block on the flock of the file held here
+        assert lock.stat().st_ino == held
+    out, _ = waiter.communicate(timeout=60)
+    assert out == "got True\nreleased False\n"
+    assert not lock.exists()
+
+
+# -- the index log ----------------------------------------------------------------------
+
+
+def test_the_index_log_stays_bounded_and_keeps_the_newest(tmp_path, monkeypatch):
+    monkeypatch.setattr(direct, "LOG_LIMIT", 2048)
+    index = direct.Index(str(tmp_path / "c"))
+    keys = [wc.ModuleHash.sha256(str(i).encode()) for i in range(100)]
+    for i, key in enumerate(keys):
+        index.remember(((1, i, 3, 4, 5), "m"), key)
+        assert index.path and os.path.getsize(index.path) <= 2048
+    assert index.lookup(((1, 99, 3, 4, 5), "m"), "sha256") == keys[99]
+    assert index.lookup(((1, 0, 3, 4, 5), "m"), "sha256") is None  # dropped by a compaction
+    assert os.listdir(index.folder) == [names.INDEX_LOG]
+
+
+def test_a_torn_or_foreign_line_is_skipped(tmp_path):
+    index = direct.Index(str(tmp_path / "c"))
+    key = wc.ModuleHash.sha256(b"k")
+    index.remember(((1, 2, 3, 4, 5), "m"), key)
+    line = direct._record_line(((1, 2, 3, 4, 5), "m"), wc.ModuleHash.sha256(b"other"))
+    with open(index.path, "ab") as log:
+        log.write(line[:-5])  # torn: cut short, no newline
+    assert index.lookup(((1, 2, 3, 4, 5), "m"), "sha256") == key
+    with open(index.path, "ab") as log:
+        log.write(line.replace(b" sha256 ", b" xxhash "))  # glued to it; another algorithm
+    assert index.lookup(((1, 2, 3, 4, 5), "m"), "sha256") == key
+
+
+def test_small_entries_cost_one_inode_each(tmp_path, engine, settled_sources):
+    """N entries compiled from files: N entry files, plus a fixed few (the index log, the
+    metrics file), and no lock file."""
+    cache = wc.FileSystemCache(tmp_path / "c")
+    for source in settled_sources:
+        assert call_add(engine, cache.load_or_compile(engine, source)) == 5
+    assert cache.wait_housekeeping(timeout=60)
+    assert cache.flush_metrics()
+    files = [p for p in cache.cache_dir.rglob("*") if p.is_file()]
+    others = sorted(p.name for p in files if not names.is_entry(p.name))
+    assert len(files) - len(others) == len(settled_sources)
+    assert others == [names.METRICS, names.INDEX_LOG]
+    assert (cache.cache_dir / names.INDEX_FOLDER / names.INDEX_LOG).read_bytes().count(
+        b"\n"
+    ) == len(settled_sources)
+
+
+@pytest.fixture
+def settled_sources(tmp_path: Path) -> list[Path]:
+    """Five different add modules in files whose stamps are old enough to be recorded."""
+    from conftest import ADD_WAT
+
+    sources = []
+    for i in range(5):
+        source = tmp_path / f"m{i}.wasm"
+        source.write_bytes(wasmtime.wat2wasm(ADD_WAT.replace("(module", f"(module $m{i}", 1)))
+        sources.append(source)
+    old = time.time() - 60
+    for source in sources:
+        os.utime(source, (old, old))
+    if time.time() - max(os.stat(s).st_ctime for s in sources) < direct.RACY_SECONDS:
+        time.sleep(direct.RACY_SECONDS)  # ctime cannot be set back
+    return sources
+
+
+def test_a_folder_removed_right_after_a_save_stays_removed(tmp_path, engine):
+    """A script that saves and then removes its (temporary) cache folder at once: nothing
+    left running afterwards writes into it or brings it back, at exit neither."""
+    import shutil
+
+    wasm = synth.data_module(16 << 10, seed=9)
+    module = wasmtime.Module(engine, wasm)
+    for round_ in range(10):
+        folder = tmp_path / f"c{round_}"
+        cache = wc.FileSystemCache(folder)
+        cache.save(wc.ModuleHash.sha256(wasm), engine, module)
+        shutil.rmtree(folder)  # fails if something writes into the folder meanwhile
+        assert cache.wait_housekeeping(timeout=60)
+        assert cache.flush_metrics()  # what the exit does: no folder, nothing written
+        assert not folder.exists()

@@ -1,0 +1,303 @@
+"""Counters: each one, in-process and summed across processes in the cache folder, the
+Prometheus text, and a metrics file that cannot be trusted."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import wasmtime
+
+import wasmcache as wc
+from conftest import call_add
+from wasmcache import metrics, names, synth
+from wasmcache.hashing import DEFAULT_ALGORITHM
+
+
+def default_key(data: bytes) -> wc.ModuleHash:
+    return wc.ModuleHash.of(DEFAULT_ALGORITHM, data)
+
+
+def test_a_miss_a_compile_and_a_hit_are_counted(tmp_path, engine, add_wasm):
+    cache = wc.FileSystemCache(tmp_path / "c")
+    assert call_add(engine, cache.load_or_compile(engine, add_wasm)) == 5
+    size = cache.path(default_key(add_wasm), engine).stat().st_size
+    seconds = cache.describe(cache.entries()[0]).compile_seconds
+    after_miss = cache.metrics()
+    assert after_miss["filesystem"]["misses"] == 2  # before the lock and under it
+    assert after_miss["filesystem"]["hits"] == 0
+    assert after_miss["filesystem"]["bytes_written"] == size
+    assert after_miss["compile"]["compiles"] == 1
+    assert after_miss["compile"]["compile_seconds"] > 0
+    assert call_add(engine, cache.load_or_compile(engine, add_wasm)) == 5
+    after_hit = cache.metrics()["filesystem"]
+    assert after_hit["hits"] == 1 and after_hit["bytes_read"] == size
+    assert after_hit["saved_seconds"] == pytest.approx(seconds)
+    assert cache.metrics()["compile"]["compiles"] == 1
+
+
+def test_a_removed_corrupt_entry_is_counted(tmp_path, engine, add_wasm, add_module):
+    cache = wc.FileSystemCache(tmp_path / "c")
+    key = default_key(add_wasm)
+    cache.save(key, engine, add_module)
+    path = cache.path(key, engine)
+    data = bytearray(path.read_bytes())
+    data[100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(wc.DeserializeError):
+        cache.load(key, engine)
+    assert cache.metrics()["filesystem"]["corrupt_removed"] == 1
+
+
+def test_a_stack_sums_its_parts_and_memory_hits_save_the_recorded_seconds(
+    tmp_path, engine, add_wasm
+):
+    disk = wc.FileSystemCache(tmp_path / "c")
+    disk.load_or_compile(engine, add_wasm)
+    recorded = disk.describe(disk.entries()[0]).compile_seconds
+    memory = wc.MemoryCache()
+    stack = memory.with_fallback(disk)
+    for _ in range(3):
+        assert call_add(engine, stack.load_or_compile(engine, add_wasm)) == 5
+    values = stack.metrics()
+    assert values["memory"]["misses"] == 1 and values["memory"]["hits"] == 2
+    assert values["memory"]["saved_seconds"] == pytest.approx(2 * recorded)
+    assert values["filesystem"]["hits"] == 1
+    assert values["compile"]["compiles"] == 1  # the disk cache's own, summed in
+    assert memory.metrics()["memory"]["hits"] == 2
+
+
+def test_a_memory_cache_refuses_a_bad_origin(engine, add_wasm, add_module):
+    memory = wc.MemoryCache()
+    with pytest.raises(TypeError, match="origin"):
+        memory.save(default_key(add_wasm), engine, add_module, origin="app.wasm")  # type: ignore[arg-type]
+    assert not memory.contains(default_key(add_wasm), engine)
+
+
+def test_counters_refuse_unknown_names_and_bad_amounts():
+    counters = metrics.Counters("memory")
+    with pytest.raises(ValueError, match="no counter"):
+        counters.add("bytes_read")  # not a memory tier counter
+    with pytest.raises(ValueError, match="only grows"):
+        counters.add("hits", -1)
+    with pytest.raises(ValueError, match="only grows"):
+        counters.add("saved_seconds", math.inf)
+    with pytest.raises(TypeError):
+        counters.add("hits", True)
+    with pytest.raises(ValueError, match="unknown tier"):
+        metrics.Counters("disk")
+
+
+def test_the_remote_tier_counts_through_the_module_functions():
+    class Remote:
+        metrics_tier = "remote"
+
+    remote = Remote()
+    for name in ("downloads", "uploads", "refusals", "downloads"):
+        metrics.count(remote, name)
+    metrics.counters(remote).hit(10, 1.5)
+    values = metrics.of(remote)["remote"]
+    assert (values["downloads"], values["uploads"], values["refusals"]) == (2, 1, 1)
+    assert (values["hits"], values["bytes_read"], values["saved_seconds"]) == (1, 10, 1.5)
+
+
+# -- across processes -------------------------------------------------------------------
+
+_USE = textwrap.dedent(
+    """
+    import sys, wasmtime, wasmcache as wc
+    cache = wc.FileSystemCache(sys.argv[1])
+    cache.load_or_compile(wasmtime.Engine(), bytes.fromhex(sys.argv[2]))
+    """
+)
+
+
+def _stats(folder, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "wasmcache", "--cache-dir", str(folder), "stats", *extra],
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_stats_sums_the_counters_of_two_processes(tmp_path, add_wasm):
+    folder = tmp_path / "c"
+    for _ in range(2):  # the first compiles, the second hits; each flushes at exit
+        done = subprocess.run(
+            [sys.executable, "-c", _USE, str(folder), add_wasm.hex()],
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr
+    done = _stats(folder, "--json")
+    assert done.returncode == 0, done.stderr
+    counted = json.loads(done.stdout)["metrics"]
+    assert counted["compile"]["compiles"] == 1
+    assert counted["filesystem"]["hits"] == 1
+    assert counted["filesystem"]["misses"] == 2
+    entry_size = json.loads(done.stdout)["bytes"]
+    assert counted["filesystem"]["bytes_written"] == entry_size
+    assert counted["filesystem"]["bytes_read"] == entry_size
+
+
+# -- Prometheus -------------------------------------------------------------------------
+
+_SAMPLE = re.compile(r'([a-z_]+)\{tier="([a-z]+)"\} (\S+)')
+
+
+def _parse_prometheus(text: str) -> dict[str, dict[str, float]]:
+    """Every sample of the text format, checked line by line: HELP, then TYPE counter,
+    then the samples of that metric."""
+    assert text.endswith("\n")
+    values: dict[str, dict[str, float]] = {}
+    current = None
+    for line in text.splitlines():
+        if line.startswith("# HELP "):
+            current = line.split()[2]
+            assert current.startswith("wasmcache_") and current.endswith("_total")
+            continue
+        if line.startswith("# TYPE "):
+            assert line.split()[2:] == [current, "counter"]
+            continue
+        match = _SAMPLE.fullmatch(line)
+        assert match is not None, line
+        assert match.group(1) == current
+        name = current[len("wasmcache_") : -len("_total")]
+        values.setdefault(match.group(2), {})[name] = float(match.group(3))
+    return values
+
+
+def test_prometheus_text_parses_back_to_the_counters(tmp_path, engine, add_wasm):
+    stack = wc.MemoryCache().with_fallback(wc.FileSystemCache(tmp_path / "c"))
+    for _ in range(2):
+        stack.load_or_compile(engine, add_wasm)
+    values = stack.metrics()
+    parsed = _parse_prometheus(metrics.prometheus_text(values))
+    assert parsed == {
+        tier: {k: float(v) for k, v in counts.items()} for tier, counts in values.items()
+    }
+    with pytest.raises(ValueError):
+        metrics.prometheus_text(values, prefix="bad prefix")
+
+
+def test_stats_prints_prometheus_text(tmp_path, engine, add_wasm):
+    cache = wc.FileSystemCache(tmp_path / "c")
+    cache.load_or_compile(engine, add_wasm)
+    assert cache.flush_metrics()
+    done = _stats(cache.cache_dir, "--format", "prometheus")
+    assert done.returncode == 0, done.stderr
+    parsed = _parse_prometheus(done.stdout)
+    assert parsed["compile"]["compiles"] == 1.0
+    assert parsed["filesystem"]["bytes_written"] > 0
+
+
+# -- a metrics file that cannot be trusted ----------------------------------------------
+
+BAD_FILES = {
+    "garbage": b"\xff\xfe not json",
+    "not an object": b"[1, 2]",
+    "other format": json.dumps({"format": "x", "version": 1, "counters": {}}).encode(),
+    "unknown tier": json.dumps(
+        {"format": "wasmcache-metrics", "version": 1, "counters": {"disk": {"hits": 1}}}
+    ).encode(),
+    "negative": json.dumps(
+        {"format": "wasmcache-metrics", "version": 1, "counters": {"memory": {"hits": -1}}}
+    ).encode(),
+    "float count": json.dumps(
+        {"format": "wasmcache-metrics", "version": 1, "counters": {"memory": {"hits": 1.5}}}
+    ).encode(),
+    "huge integer": b'{"format":"wasmcache-metrics","version":1,"counters":{"memory":{"hits":'
+    + b"9" * 400
+    + b"}}}",
+    "too large": b" " * (metrics.FILE_LIMIT + 1),
+    "deeply nested": b"[" * 20000 + b"]" * 20000,
+    "nested, in UTF-16": ("[" * 15000 + "\u5c41" + "]" * 15000).encode("utf-16-le"),
+    "key twice": b'{"format":"wasmcache-metrics","format":"x","version":1,"counters":{}}',
+}
+
+
+@pytest.mark.parametrize("flaw", sorted(BAD_FILES))
+def test_a_bad_metrics_file_is_refused_and_then_replaced(flaw, tmp_path, engine, add_wasm):
+    cache = wc.FileSystemCache(tmp_path / "c")
+    cache.load_or_compile(engine, add_wasm)
+    assert cache.wait_housekeeping(timeout=60)  # the save's flush is done
+    (cache.cache_dir / names.METRICS).write_bytes(BAD_FILES[flaw])
+    done = _stats(cache.cache_dir, "--json")
+    assert done.returncode == 0 and "Traceback" not in done.stderr
+    assert "metrics not shown" in done.stderr
+    shown = json.loads(done.stdout)
+    assert shown["metrics_refused"] and shown["metrics"]["filesystem"]["hits"] == 0
+    cache.load_or_compile(engine, add_wasm)  # a hit: one more to flush
+    assert cache.flush_metrics()  # replaced by one that holds what was counted since
+    assert metrics.MetricsFile(str(cache.cache_dir)).read()["filesystem"]["hits"] == 1
+
+
+def test_a_metrics_file_behind_a_link_is_not_read(tmp_path, engine, add_wasm):
+    cache = wc.FileSystemCache(tmp_path / "c")
+    cache.load_or_compile(engine, add_wasm)
+    assert cache.wait_housekeeping(timeout=60) and cache.flush_metrics()
+    real = cache.cache_dir / names.METRICS
+    elsewhere = tmp_path / "elsewhere"
+    real.rename(elsewhere)
+    real.symlink_to(elsewhere)
+    with pytest.raises(metrics.BadMetrics, match="symbolic link"):
+        metrics.MetricsFile(str(cache.cache_dir)).read()
+    done = _stats(cache.cache_dir)
+    assert done.returncode == 0 and "Traceback" not in done.stderr
+    assert "metrics not shown" in done.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="plants a file as another user")
+def test_a_metrics_file_of_another_user_is_not_read(tmp_path, engine, add_wasm):
+    import pwd
+
+    cache = wc.FileSystemCache(tmp_path / "c")
+    cache.load_or_compile(engine, add_wasm)
+    assert cache.wait_housekeeping(timeout=60) and cache.flush_metrics()
+    nobody = pwd.getpwnam("nobody")
+    os.chown(cache.cache_dir / names.METRICS, nobody.pw_uid, nobody.pw_gid)
+    with pytest.raises(metrics.BadMetrics, match="owned by uid"):
+        metrics.MetricsFile(str(cache.cache_dir)).read()
+
+
+def test_a_flush_without_a_cache_folder_writes_nothing(tmp_path):
+    counters = metrics.Counters("filesystem")
+    counters.keep_in(metrics.MetricsFile(str(tmp_path / "none")))
+    counters.add("hits")
+    assert counters.flush()
+    assert not (tmp_path / "none").exists()
+
+
+def test_a_hit_costs_no_file_work(tmp_path, engine, add_wasm, monkeypatch):
+    """Hits only count: nothing is flushed until a save or the exit."""
+    cache = wc.FileSystemCache(tmp_path / "c")
+    cache.load_or_compile(engine, add_wasm)
+    assert cache.wait_housekeeping(timeout=60)
+    flushed = []
+    monkeypatch.setattr(metrics.MetricsFile, "add", lambda self, delta: flushed.append(delta))
+    for _ in range(3):
+        cache.load_or_compile(engine, add_wasm)
+    assert cache.wait_housekeeping(timeout=60)
+    assert flushed == [] and cache.metrics()["filesystem"]["hits"] == 3
+
+
+def test_saves_flush_the_counters_in_the_background(tmp_path, engine, monkeypatch):
+    cache = wc.FileSystemCache(tmp_path / "c")
+    wasm = synth.data_module(16 << 10, seed=3)
+    cache.load_or_compile(engine, wasm)
+    assert cache.wait_housekeeping(timeout=60)
+    # A short-lived process leaves nothing running in the folder after its saves: the
+    # counters wait for the exit, or for the interval of a long-lived process.
+    assert metrics.MetricsFile(str(cache.cache_dir)).read() == {}
+    monkeypatch.setattr(cache, "_metrics_due", 0.0)  # the interval has passed
+    cache.save(wc.ModuleHash.sha256(wasm), engine, wasmtime.Module(engine, wasm))
+    assert cache.wait_housekeeping(timeout=60)
+    kept = metrics.MetricsFile(str(cache.cache_dir)).read()
+    assert kept["compile"]["compiles"] == 1
+    assert kept["filesystem"]["bytes_written"] == cache.metrics()["filesystem"]["bytes_written"]
