@@ -170,7 +170,7 @@ def test_prune_and_clear(hello, env, tmp_path):
 
 def test_demo(env):
     done = wasmcache("demo", "--functions", "300", "--data-mb", "2", env=env, check_code=0)
-    for label in ("cold compile", "save to the cache", "warm load", "speed-up", "data check ok"):
+    for label in ("cold compile", "save to a temporary cache", "warm load", "speed-up", "data check ok"):
         assert label in done.stdout
 
 

@@ -477,7 +477,7 @@ def cmd_demo(args: argparse.Namespace, cache: FileSystemCache) -> int:
         demo_cache.save(key, engine, module)
         saved = time.perf_counter() - start
         size = demo_cache.path(key, engine).stat().st_size
-        print(f"save to the cache:          {saved * 1e3:9.1f} ms  ({human(size)} entry)")
+        print(f"save to a temporary cache:  {saved * 1e3:9.1f} ms  ({human(size)} entry)")
         del module
 
         fresh_engine = wasmtime.Engine()  # as a new process would
@@ -485,7 +485,7 @@ def cmd_demo(args: argparse.Namespace, cache: FileSystemCache) -> int:
         loaded = demo_cache.load(key, fresh_engine, kind="module")
         assert isinstance(loaded, wasmtime.Module)
         warm = time.perf_counter() - start
-        print(f"warm load from the cache:   {warm * 1e3:9.1f} ms")
+        print(f"warm load from it:          {warm * 1e3:9.1f} ms")
         print(f"speed-up:                   {cold / warm:9.0f}x")
 
         store = wasmtime.Store(fresh_engine)
