@@ -463,6 +463,21 @@ def object_entry(data: bytes) -> bytes:
 # -- components ----------------------------------------------------------------------------
 
 
+# Says "looping" on stdout, then spins forever.
+LOOP_WAT = """
+(module
+  (import "wasi_snapshot_preview1" "fd_write"
+    (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "looping\\n")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 8))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (loop $l (br $l))))
+"""
+
+
 def command_component(message: str = "hello from a component\n", status: int = 0) -> bytes:
     """A WASI 0.2 command component that prints ``message`` and exits with ``status``
     (0 or 1: what wasi:cli/exit can say), from tests/data/command_component.wat."""

@@ -15,6 +15,7 @@ import pytest
 import wasmtime
 
 import wasmcache as wc
+from support import LOOP_WAT
 from wasmcache import synth
 from wasmcache.cli import parse_size
 from wasmcache.hashing import DEFAULT_ALGORITHM
@@ -37,20 +38,6 @@ HELLO_WAT = """
     (drop (call $args_sizes_get (i32.const 100) (i32.const 104)))
     ;; exit code: 40 + argc (the program name counts)
     (call $proc_exit (i32.add (i32.const 40) (i32.load (i32.const 100))))))
-"""
-
-# Says "looping" on stdout, then spins forever.
-LOOP_WAT = """
-(module
-  (import "wasi_snapshot_preview1" "fd_write"
-    (func $fd_write (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 16) "looping\\n")
-  (func (export "_start")
-    (i32.store (i32.const 0) (i32.const 16))
-    (i32.store (i32.const 4) (i32.const 8))
-    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
-    (loop $l (br $l))))
 """
 
 
@@ -170,7 +157,13 @@ def test_prune_and_clear(hello, env, tmp_path):
 
 def test_demo(env):
     done = wasmcache("demo", "--functions", "300", "--data-mb", "2", env=env, check_code=0)
-    for label in ("cold compile", "save to a temporary cache", "warm load", "speed-up", "data check ok"):
+    for label in (
+        "cold compile",
+        "save to a temporary cache",
+        "warm load",
+        "speed-up",
+        "data check ok",
+    ):
         assert label in done.stdout
 
 

@@ -13,6 +13,7 @@ import textwrap
 import pytest
 import wasmtime
 
+from support import LOOP_WAT
 from wasmcache import cli
 
 EXIT_WAT = """
@@ -134,20 +135,8 @@ def test_exit_now_exits_120_when_stdout_cannot_be_flushed(tmp_path):
 
 
 def test_ctrl_c_during_the_guest_exits_130(tmp_path, env):
-    loop = """
-    (module
-      (import "wasi_snapshot_preview1" "fd_write"
-        (func $fd_write (param i32 i32 i32 i32) (result i32)))
-      (memory (export "memory") 1)
-      (data (i32.const 16) "looping\\n")
-      (func (export "_start")
-        (i32.store (i32.const 0) (i32.const 16))
-        (i32.store (i32.const 4) (i32.const 8))
-        (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
-        (loop $l (br $l))))
-    """
     path = tmp_path / "loop.wasm"
-    path.write_bytes(wasmtime.wat2wasm(loop))
+    path.write_bytes(wasmtime.wat2wasm(LOOP_WAT))
     for _ in range(2):  # compiled, then from the cache
         proc = subprocess.Popen(
             [sys.executable, "-m", "wasmcache", "run", str(path)],
