@@ -301,3 +301,36 @@ def test_saves_flush_the_counters_in_the_background(tmp_path, engine, monkeypatc
     kept = metrics.MetricsFile(str(cache.cache_dir)).read()
     assert kept["compile"]["compiles"] == 1
     assert kept["filesystem"]["bytes_written"] == cache.metrics()["filesystem"]["bytes_written"]
+
+
+def test_a_read_only_cache_costs_no_wait_at_exit(tmp_path, engine, add_wasm, monkeypatch):
+    """A cache folder this process cannot write (a read-only mount, another user's folder)
+    keeps no counters: the flush gives up at once instead of waiting for a lock file it
+    can never create."""
+    import subprocess
+
+    if os.geteuid() != 0 or not shutil_which("mount"):
+        pytest.skip("needs root to mount a read-only filesystem")
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        cache = wc.FileSystemCache(mount / "c")
+        cache.load_or_compile(engine, add_wasm)
+        assert cache.wait_housekeeping(timeout=60) and cache.flush_metrics()
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        reader = wc.FileSystemCache(mount / "c")
+        reader.load_or_compile(engine, add_wasm)  # a hit: something to flush
+        sleeps: list[float] = []
+        monkeypatch.setattr(metrics.time, "sleep", sleeps.append)
+        reader.flush_metrics()
+        assert sleeps == []
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def shutil_which(name: str) -> bool:
+    import shutil
+
+    return shutil.which(name) is not None

@@ -484,3 +484,58 @@ def test_lease_wait_defaults_to_forty_heartbeats_and_is_checked(tmp_path):
                        ("5", TypeError), (True, TypeError)):  # fmt: skip
         with pytest.raises(error, match="lease_wait"):
             wc.ObjectStoreCache("b", local_dir=tmp_path, lease_wait=bad)
+
+
+def test_a_signed_header_over_a_broken_body_is_replaced(
+    s3_endpoint, s3, bucket, tmp_path, engine, add_wasm
+):
+    """A bucket writer keeps the signed header and breaks the body: a load refuses it, and
+    the next save replaces it (a header alone does not make an object "already there")."""
+    from wasmcache.signing import generate_pem_pair
+
+    private, public = generate_pem_pair()
+    key = wc.ModuleHash.sha256(add_wasm)
+    signer = remote(s3_endpoint, bucket, tmp_path, "ci", signing_key=private)
+    signer.save(key, engine, wasmtime.Module(engine, add_wasm))
+    name = signer.object_key(key, engine)
+    good = s3.get_object(Bucket=bucket, Key=name)["Body"].read()
+    header_end = len(good) - body_length(good)
+    broken_bodies = {"zeros": good[:header_end] + bytes(len(good) - header_end), "cut": good[:-10]}
+    for how, broken in broken_bodies.items():
+        s3.put_object(Bucket=bucket, Key=name, Body=broken)
+        worker = remote(s3_endpoint, bucket, tmp_path, f"w-{how}", trusted_keys=[public])
+        with pytest.raises(wc.RemoteCorrupt):
+            worker.load(key, engine)
+        # The signer's own load_or_compile: refused, compiled, and the object replaced.
+        ci = remote(
+            s3_endpoint, bucket, tmp_path, f"ci-{how}", signing_key=private, trusted_keys=[public]
+        )
+        assert call_add(engine, ci.load_or_compile(engine, add_wasm, key=key)) == 5
+        fresh = remote(s3_endpoint, bucket, tmp_path, f"fresh-{how}", trusted_keys=[public])
+        assert call_add(engine, fresh.load(key, engine)) == 5, how
+
+
+def test_a_cache_that_only_trusts_keys_uploads_nothing(
+    s3_endpoint, s3, bucket, tmp_path, engine, add_wasm, monkeypatch
+):
+    import obstore
+
+    from wasmcache.signing import generate_pem_pair
+
+    _, public = generate_pem_pair()
+    puts: list[str] = []
+    real_put = obstore.put
+    monkeypatch.setattr(
+        obstore, "put", lambda store, n, *a, **k: puts.append(n) or real_put(store, n, *a, **k)
+    )
+    worker = remote(s3_endpoint, bucket, tmp_path, "w", trusted_keys=[public])
+    assert call_add(engine, worker.load_or_compile(engine, add_wasm)) == 5
+    assert puts == []  # no object its own fleet would refuse, and no lease to wait on
+
+
+def body_length(data: bytes) -> int:
+    """The length of an object's body (what follows its header)."""
+    import struct
+
+    (size,) = struct.unpack_from("<I", data, 8)
+    return len(data) - 12 - size

@@ -269,6 +269,13 @@ def parse(data: object) -> Values:
     return values
 
 
+def _writable(folder: str) -> bool:
+    """Whether this process may create files in ``folder`` (by its effective ids; a
+    read-only mount says no)."""
+    effective = os.access in os.supports_effective_ids
+    return os.access(folder, os.W_OK | os.X_OK, effective_ids=effective)
+
+
 class MetricsFile:
     """The counters of every process that used a cache folder: ``<cache>/.metrics``,
     compact JSON (see :func:`parse`) written by rename under ``<cache>/.metrics.lock``;
@@ -335,6 +342,8 @@ class MetricsFile:
         group = self._group()
         if group is None:
             return
+        if not _writable(self.cache_dir):
+            return  # a read-only cache (an image, another user's): nothing is kept here
         lock = names.metrics_lock_path(self.cache_dir)
         deadline = time.monotonic() + self.LOCK_WAIT
         while True:

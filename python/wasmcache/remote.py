@@ -36,6 +36,7 @@ from wasmcache.errors import (
     NotFound,
     RemoteAccessDenied,
     RemoteBucketNotFound,
+    RemoteCorrupt,
     RemoteUnavailable,
     SignatureError,
 )
@@ -47,6 +48,8 @@ from wasmcache.lease import Lease
 from wasmcache.signing import PrivateKeyLike, PublicKeyLike, Signer, Verifier
 
 log = logging.getLogger("wasmcache")
+#: The most object names a cache remembers as refused (then it starts again).
+_REFUSED_LIMIT = 1024
 
 #: Objects larger than this go up as multipart uploads in parts of this size.
 PART_SIZE = 16 << 20
@@ -165,6 +168,10 @@ class ObjectStoreCache(ModuleCache):
         self.poll_seconds = poll_seconds
         self.lease_wait = float(LEASE_WAIT_BEATS * heartbeat if lease_wait is None else lease_wait)
         self._bucket_seen = False
+        # A cache that trusts keys but cannot sign uploads nothing its fleet would take.
+        self._uploads = self.verifier is None or self.signer is not None
+        # Objects whose content a load refused: a save replaces them (bounded).
+        self._refused: set[str] = set()
         url_prefix = ""
         if store is None:
             if not url_or_bucket:
@@ -257,8 +264,12 @@ class ObjectStoreCache(ModuleCache):
             module = self.local.receive(
                 key, engine, download, verify=not download.checked, kind=kind
             )
-        except (SignatureError, DeserializeError, KindMismatch):
+        except (SignatureError, DeserializeError, KindMismatch) as exc:
             counters.add("refusals")  # RemoteCorrupt is a DeserializeError
+            if isinstance(exc, RemoteCorrupt):
+                if len(self._refused) >= _REFUSED_LIMIT:
+                    self._refused.clear()
+                self._refused.add(name)
             raise
         counters.hit(*metrics.last_loaded())
         counters.add("downloads")
@@ -301,6 +312,10 @@ class ObjectStoreCache(ModuleCache):
         obstore = _obstore()
         name = self.object_key(key, engine)
         kind = kinds.of(module)
+        if not self._uploads:
+            # Every machine that trusts keys would refuse what this one uploads unsigned.
+            log.debug("not uploading %s: this cache trusts keys but has none to sign with", key)
+            return
         if self._already_there(name, key, engine, kind):
             log.debug("not uploading %s: %s is already there", key, name)
             return
@@ -348,13 +363,16 @@ class ObjectStoreCache(ModuleCache):
         by a trusted key where keys are trusted, and by this cache's own key when it
         signs). One ranged GET of the header; any doubt means no."""
         obstore = _obstore()
+        if name in self._refused:
+            return False  # its header may be fine, its body was not: replace it
         try:
+            size = int(obstore.head(self._store, name)["size"])
             head = bytes(obstore.get_range(self._store, name, start=0, length=transfer.HEAD_BYTES))
         except Exception:  # missing, or unreadable: the upload says what is wrong
             return False
         header = transfer.header_of(head, name)
-        if header is None:
-            return False
+        if header is None or size != transfer.object_size(head, header):
+            return False  # a body cut short or padded is no object to keep
         try:
             transfer.check_header(header, name, engine_id(engine), key, kind, self.verifier)
             if self._own is not None:
@@ -382,7 +400,12 @@ class ObjectStoreCache(ModuleCache):
     def compile_lock(self, key: ModuleHash, engine: wasmtime.Engine) -> Iterator[None]:
         """The fleet-wide lease of this key (see :mod:`wasmcache.lease`), waited for at
         most ``lease_wait`` seconds; when the store refuses it (or cannot do conditional
-        puts) there is none (one warning) and the machine compiles on its own."""
+        puts) there is none (one warning) and the machine compiles on its own. A cache
+        that uploads nothing (it trusts keys but has none to sign with) takes no lease:
+        others would wait for an object it never sends."""
+        if not self._uploads:
+            yield
+            return
         lease = Lease(
             self._store,
             self.object_key(key, engine, lease=True),

@@ -171,6 +171,13 @@ def header_of(head: bytes, name: str) -> Optional[Header]:
         return None
 
 
+def object_size(head: bytes, header: Header) -> int:
+    """The size of the whole object whose first bytes ``head`` hold ``header``: magic,
+    header length, header and the body its manifest promises."""
+    size: int = _LENGTH.unpack_from(head, len(OBJECT_MAGIC))[0]
+    return len(OBJECT_MAGIC) + _LENGTH.size + size + header.manifest.encoded_length
+
+
 def prefetched(chunks: Iterator[Buffer], depth: int = 32) -> Iterator[Buffer]:
     """The same chunks, read ahead by a thread (at most ``depth`` waiting), so the network
     and the decompression overlap. Errors of ``chunks`` come out where they happened."""
