@@ -339,6 +339,16 @@ CASES = {
     "-W max-memory-size": Case(
         ["-W", "max-memory-size=131072", "--invoke", "grow", "m.wat"], {"m.wat": GROW}
     ),
+    "-W fuel from 2^64 up": Case(
+        ["-W", "fuel=18446744073709551616", "m.wat"], {"m.wat": exiting(0)}
+    ),
+    "-W max-memory-size from 2^64 up": Case(
+        ["-W", "max-memory-size=18446744073709551616", "m.wat"], {"m.wat": exiting(0)}
+    ),
+    "a null externref result": Case(
+        ["--invoke", "null", "m.wat"],
+        {"m.wat": '(module (func (export "null") (result externref) ref.null extern))'},
+    ),
     "-W unknown option": Case(["-W", "no-such-option", "m.wat"], {"m.wat": exiting(0)}),
     "-W component-model=n on a module": Case(
         ["-W", "component-model=n", "m.wat"], {"m.wat": exiting(4)}

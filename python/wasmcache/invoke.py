@@ -173,7 +173,9 @@ def format_result(value: object, kind: wasmtime.ValType) -> str:
         return str(value)
     if name == "v128" and isinstance(value, int):
         return str(value % (1 << 128))
-    ref: Optional[str] = {"funcref": "funcref", "externref": "externref"}.get(name)
+    # wasmtime-py names externref "anyref" in some releases.
+    refs = {"funcref": "funcref", "externref": "externref", "anyref": "externref"}
+    ref: Optional[str] = refs.get(name)
     if ref is not None:
         return f"<null {ref}>" if value is None else f"<{ref}>"
     return str(value)

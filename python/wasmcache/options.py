@@ -156,7 +156,10 @@ def parse_number(option: str, value: Optional[str]) -> int:
     match = re.fullmatch(r"0x([0-9a-fA-F]+)|\+?([0-9]+)", text)
     if value is None or not match:
         raise ValueError(f"{option}: not a number: {value!r}")
-    return int(match.group(1), 16) if match.group(1) else int(match.group(2))
+    number = int(match.group(1), 16) if match.group(1) else int(match.group(2))
+    if number >= 1 << 64:
+        raise ValueError(f"{option}: number too large to fit in target type: {value!r}")
+    return number
 
 
 _DURATION = re.compile(r"\+?([0-9]+)(s|ms|us|\u03bcs|ns)?")
