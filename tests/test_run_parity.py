@@ -345,6 +345,13 @@ CASES = {
     "-W max-memory-size from 2^64 up": Case(
         ["-W", "max-memory-size=18446744073709551616", "m.wat"], {"m.wat": exiting(0)}
     ),
+    "a v128 parameter": Case(
+        ["--invoke", "f", "m.wat", "1"],
+        {"m.wat": '(module (func (export "f") (param v128) (result i32) i32.const 1))'},
+    ),
+    "_start with a v128 parameter": Case(
+        ["m.wat"], {"m.wat": '(module (func (export "_start") (param v128)))'}
+    ),
     "a null externref result": Case(
         ["--invoke", "null", "m.wat"],
         {"m.wat": '(module (func (export "null") (result externref) ref.null extern))'},

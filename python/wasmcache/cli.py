@@ -266,7 +266,8 @@ def cmd_run(args: argparse.Namespace, cache: FileSystemCache) -> int:
     stack = runtime_cache(args, cache) if use_cache else None
     env = guest_env(settings.wasi["inherit-env"], args.env or [])
     preloads = _preloads(args.preload or [], stack, engine)
-    compiled = compile_source(stack, engine, source)
+    binary = source_bytes(source)
+    compiled = _compile(stack, engine, source, binary)[0]
     guest = Guest(
         "/dev/stdin" if source == "-" else source,
         args.args,
@@ -276,6 +277,7 @@ def cmd_run(args: argparse.Namespace, cache: FileSystemCache) -> int:
         invoke=args.invoke,
         settings=settings,
         preloads=preloads,
+        binary=binary,
     )
     call = runner.prepare(engine, compiled, guest)
     stack_size = 0

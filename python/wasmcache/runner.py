@@ -56,8 +56,10 @@ class Guest:
         invoke: Optional[str] = None,
         settings: Optional[Settings] = None,
         preloads: Sequence[tuple[str, Compiled]] = (),
+        binary: Optional[bytes] = None,
     ) -> None:
         self.source = source
+        self.binary = binary  # the module's bytes where they are not the file at source
         self.args = args
         self.argv0 = argv0
         self.dirs = dirs
@@ -236,16 +238,49 @@ def _run_module(
     if isinstance(initialize, wasmtime.Func):
         initialize(store)
     if guest.invoke is not None:
-        func = exports.get(guest.invoke)
+        name = guest.invoke
+        func = exports.get(name)
         if not isinstance(func, wasmtime.Func):
             raise GuestError(f"no func export named `{guest.invoke}` found")
     else:
         found = exports.get("")
-        func = found if isinstance(found, wasmtime.Func) else exports.get("_start")
+        name = "" if isinstance(found, wasmtime.Func) else "_start"
+        func = exports.get(name)
         if not isinstance(func, wasmtime.Func):
             return 0  # nothing to run: instantiating it was the run
+    _refuse_v128(guest, name)
     _call(store, func, guest)
     return 0
+
+
+def _refuse_v128(guest: Guest, name: str) -> None:
+    """GuestError if the export ``name`` has a v128 parameter or result: wasmtime-py's C
+    API aborts the process when asked for such a signature, so it is read from the
+    binary first (the type section only, unless a v128 appears there)."""
+    from wasmcache import signatures
+
+    def signature() -> Optional[signatures.Signature]:
+        if guest.binary is not None:
+            if not signatures.may_hold_v128(guest.binary):
+                return None
+            return signatures.export_signature(guest.binary, name)
+        try:
+            with open(guest.source, "rb") as f:
+                if not signatures.may_hold_v128(f):
+                    return None
+                f.seek(0)
+                return signatures.export_signature(f, name)
+        except OSError:
+            return None  # read as compiled: nothing more to learn here
+
+    found = signature()
+    if found is None:
+        return
+    params, results = found
+    if signatures.V128 in params:
+        raise GuestError("unsupported argument type v128")
+    if signatures.V128 in results:
+        raise GuestError("unsupported result type v128: wasmtime-py cannot pass v128 values")
 
 
 def _call(store: wasmtime.Store, func: wasmtime.Func, guest: Guest) -> None:
