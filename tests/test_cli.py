@@ -592,3 +592,80 @@ def test_max_wasm_stack_above_the_async_stack_never_aborts(hello, env):
         from importlib.metadata import version
 
         assert int(version("wasmtime").split(".")[0]) < 40
+
+
+def _ls_cache(tmp_path, count: int) -> tuple[wc.FileSystemCache, list[Path]]:
+    cache = wc.FileSystemCache(tmp_path / "lscache")
+    engine = wasmtime.Engine()
+    paths = []
+    for n in range(count):
+        wasm = wasmtime.wat2wasm(f'(module (func (export "f{n}")))')
+        key = wc.ModuleHash.sha256(wasm)
+        cache.save(key, engine, wasmtime.Module(engine, wasm), origin=wc.Origin(f"m{n}.wasm"))
+        paths.append(cache.path(key, engine))
+    return cache, paths
+
+
+def test_ls_and_stats_leave_each_entrys_last_use_alone(tmp_path, capsys):
+    """Describing an entry is not a use: prune's LRU order (the access times) is what the
+    hits left, however often ls and stats read the entries."""
+    from wasmcache import cli
+
+    cache, paths = _ls_cache(tmp_path, 3)
+    old = time.time() - 86400
+    for n, path in enumerate(paths):
+        os.utime(path, (old + 60 * n, old))
+    before = [os.stat(p).st_atime for p in paths]
+    for args in (["ls"], ["ls", "--json"], ["stats"], ["stats", "--json"]):
+        assert cli.main(["--cache-dir", str(cache.cache_dir), *args]) == 0
+    capsys.readouterr()
+    assert [os.stat(p).st_atime for p in paths] == before
+    assert [e.last_used for e in cache.entries()] == [
+        os.stat(e.path).st_atime for e in cache.entries()
+    ]
+
+
+def test_ls_rows_most_recent_first_with_local_minutes(tmp_path, capsys):
+    from wasmcache import cli
+
+    cache, paths = _ls_cache(tmp_path, 4)
+    base = 1_700_000_000.0
+    used = [base + 30.5, base + 3600 * 24 * 200, base + 30.5, base - 1e6]
+    for path, t in zip(paths, used):
+        os.utime(path, (t, t))
+    order = [e.path for e in cache.entries()]  # listing order: ties keep it
+    expected = sorted(order, key=lambda p: -os.stat(p).st_atime)
+    assert cli.main(["--cache-dir", str(cache.cache_dir), "ls", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["path"] for r in rows] == [str(p) for p in expected]
+    assert cli.main(["--cache-dir", str(cache.cache_dir), "ls"]) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]
+    for line, row in zip(lines, rows):
+        stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["last_used"]))
+        assert line.split()[0] == row["source"] and stamp in line
+        assert line.endswith(f" {row['key'][:16]} {row['engine']}")
+    assert len(lines) == 4
+
+
+@pytest.mark.parametrize(
+    "zone",
+    [
+        "UTC0",
+        "LMT0:44:30",  # an offset of seconds: minutes of UTC are not minutes of local time
+        "XST-5:45",
+        "CET-1CEST,M3.5.0,M10.5.0/3",  # a change of offset within the sampled range
+    ],
+)
+def test_ls_minutes_are_strftimes(zone, monkeypatch):
+    from wasmcache import cli
+
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        minute = cli._Minutes()
+        start = 1_711_846_800.0 - 7200  # two hours before the last Sunday of March 2024, 1:00 UTC
+        for t in [start + 13.25 * n for n in range(1200)] + [-1.5, 0.0, 59.999, 60.0]:
+            assert minute(t) == time.strftime("%Y-%m-%d %H:%M", time.localtime(t)), t
+    finally:
+        monkeypatch.undo()
+        time.tzset()

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional, TypeVar, Union, cast
 
@@ -26,6 +27,7 @@ from wasmcache.failures import Failed, cause_lines, report
 from wasmcache.filesystem import FileSystemCache
 from wasmcache.hashing import ModuleHash
 from wasmcache.kinds import Compiled
+from wasmcache.maintenance import Listed, listed
 from wasmcache.options import Settings
 from wasmcache.progress import elapsed
 from wasmcache.runner import Guest, GuestError, UsageError, guest_env
@@ -309,54 +311,90 @@ def cmd_compile(args: argparse.Namespace, cache: FileSystemCache) -> int:
     return 1 if failed else 0
 
 
-def _entry_rows(cache: FileSystemCache) -> list[dict[str, Any]]:
-    rows = []
-    for found in sorted(cache.entries(), key=lambda e: -e.last_used):
-        info = cache.describe(found)
-        rows.append(
-            {
-                "key": str(found.key),
-                "engine": found.engine_folder,
-                "bytes": found.size,
-                "last_used": found.last_used,
-                "path": str(found.path),
-                "kind": info.kind if info else None,
-                "source": info.source if info else None,
-                "wasm_size": info.wasm_size if info else None,
-                "compile_seconds": info.compile_seconds if info else None,
-                "created": info.created if info else None,
-                "wasmtime": info.wasmtime if info else None,
-            }
-        )
+def _entry_rows(cache: FileSystemCache) -> list[Listed]:
+    """Every entry, the most recently used first (entries used at the same time in
+    listing order)."""
+    rows = listed(cache)
+    rows.sort(key=attrgetter("last_used"), reverse=True)  # reverse=True keeps ties in order
     return rows
+
+
+def _row_dict(row: Listed) -> dict[str, Any]:
+    info = row.info
+    return {
+        "key": row.key,
+        "engine": row.engine_folder,
+        "bytes": row.size,
+        "last_used": row.last_used,
+        "path": row.path,
+        "kind": info.kind if info else None,
+        "source": info.source if info else None,
+        "wasm_size": info.wasm_size if info else None,
+        "compile_seconds": info.compile_seconds if info else None,
+        "created": info.created if info else None,
+        "wasmtime": info.wasmtime if info else None,
+    }
 
 
 def _seconds(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:.1f} s"
 
 
+class _Minutes:
+    """``time.strftime("%Y-%m-%d %H:%M", time.localtime(t))``, worked out once per minute
+    of the epoch whose local time is one minute too (no change of UTC offset within it,
+    a whole-minute offset); any other minute is formatted second by second."""
+
+    def __init__(self) -> None:
+        self._known: dict[int, Optional[str]] = {}
+
+    def __call__(self, t: float) -> str:
+        minute = int(t // 60)
+        try:
+            shown_minute = self._known[minute]
+        except KeyError:
+            first, last = time.localtime(minute * 60), time.localtime(minute * 60 + 59)
+            whole = first.tm_gmtoff == last.tm_gmtoff and first.tm_gmtoff % 60 == 0
+            shown_minute = time.strftime("%Y-%m-%d %H:%M", first) if whole else None
+            self._known[minute] = shown_minute
+        if shown_minute is None:
+            return time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
+        return shown_minute
+
+
 def cmd_ls(args: argparse.Namespace, cache: FileSystemCache) -> int:
     rows = _entry_rows(cache)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps([_row_dict(row) for row in rows], indent=2))
         return 0
     if not rows:
         print(f"no entries in {shown(cache.cache_dir)}")
         return 0
-    print(
+    lines = [
         f"{'SOURCE':<24} {'KIND':<9} {'SIZE':>10} {'COMPILE':>9} {'LAST USED':<16} "
         f"{'KEY':<16} ENGINE"
-    )
-    for row in rows:
-        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["last_used"]))
-        source = shown(row["source"]) if row["source"] else "-"
-        if len(source) > 24:
-            source = "..." + source[-21:]
-        print(
-            f"{source:<24} {row['kind'] or '?':<9} {human(row['bytes']):>10} "
-            f"{_seconds(row['compile_seconds']):>9} {used:<16} {row['key'][:16]:<16} "
-            f"{row['engine']}"
+    ]
+    minute = _Minutes()
+    sizes: dict[int, str] = {}
+    for _path, engine, key, size, last_used, info in rows:
+        used = minute(last_used)
+        size_text = sizes.get(size)
+        if size_text is None:
+            size_text = sizes[size] = human(size)
+        if info is None:
+            source, kind, compile_seconds = "-", "?", "-"
+        else:
+            source = shown(info.source) if info.source else "-"
+            if len(source) > 24:
+                source = "..." + source[-21:]
+            kind = info.kind or "?"
+            compile_seconds = _seconds(info.compile_seconds)
+        lines.append(
+            f"{source:<24} {kind:<9} {size_text:>10} {compile_seconds:>9} {used:<16} "
+            f"{key[:16]} {engine}"  # a key is 16 or 64 hex digits
         )
+    lines.append("")
+    sys.stdout.write("\n".join(lines))
     return 0
 
 

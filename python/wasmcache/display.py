@@ -33,4 +33,6 @@ def _char(c: str) -> str:
 def shown(name: Union[str, bytes, os.PathLike[str], os.PathLike[bytes]]) -> str:
     """``name`` safe to print on a terminal and in any encoding that holds ASCII."""
     text = os.fsdecode(name)
-    return "".join(_char(c) for c in text)
+    if text.isprintable() and "\\" not in text:
+        return text  # the common name: nothing to escape (a space is printable)
+    return "".join([_char(c) for c in text])

@@ -76,14 +76,9 @@ class Housekeeping:
 
     def described(self) -> list[tuple[CacheEntry, Optional[entry.Info]]]:
         """Every entry with what :meth:`describe` says of it, from one listing."""
-        folders = _checked(self)
-        if folders is None:
-            return []
-        shared, group = folders.shared_group, folders.group
         return [
-            (found.entry(), describe(found.path, shared_group=shared, group=group))
-            for found in _list(folders).found
-            if stat.S_ISREG(found.info.st_mode)
+            (_Found(path, name, folder, info, Path(path).parent).entry(), about)
+            for path, name, folder, info, about in _described(_checked(self))
         ]
 
     def summary(self) -> dict[str, Summary]:
@@ -247,17 +242,101 @@ def describe(
 ) -> Optional[entry.Info]:
     """The Info of the entry at ``path``, or None if it cannot be read, breaks the rule
     or is damaged."""
+    return _read_described(path, shared_group, group)[1]
+
+
+#: Reading an entry to describe it is not a use: its access time (what prune's LRU order
+#: reads) stays as the last hit left it. Only a file's owner (or root) may ask for this.
+_NOATIME = getattr(os, "O_NOATIME", 0)
+
+
+def _open_unused(path: str) -> int:
+    """``path`` opened for reading as :func:`safefs.open_regular` opens it (never through
+    a link, never blocking), without updating its access time where the system allows."""
+    if _NOATIME:
+        try:
+            return os.open(path, safefs.READ_FLAGS | _NOATIME)
+        except PermissionError:
+            pass  # not the file's owner: an ordinary open
+    return os.open(path, safefs.READ_FLAGS)
+
+
+def _read_described(
+    path: str, shared_group: bool, group: Optional[int]
+) -> tuple[Optional[os.stat_result], Optional[entry.Info]]:
+    """The fstat of the regular file at ``path`` (None if it cannot be opened, or is not
+    one) and its Info (None if it breaks the rule or is damaged); the file opened once."""
     try:
-        fd, info = safefs.open_regular(path)
-    except (OSError, CacheError):
-        return None
+        fd = _open_unused(path)
+    except OSError:
+        return None, None
     try:
-        safefs.check_entry(path, info, shared_group=shared_group, group=group, fd=fd)
-        return entry.describe(fd, info.st_size)
-    except (OSError, Corrupt, CacheError):
-        return None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None, None
+        try:
+            safefs.check_entry(path, info, shared_group=shared_group, group=group, fd=fd)
+            return info, entry.describe(fd, info.st_size)
+        except (OSError, Corrupt, CacheError):
+            return info, None
+    except OSError:
+        return None, None
     finally:
         os.close(fd)
+
+
+def _described(
+    folders: Optional[Folders],
+) -> Iterator[tuple[str, str, str, os.stat_result, Optional[entry.Info]]]:
+    """Every entry file (a regular file at an entry name): its path, name, engine folder's
+    name, stat and Info, from one pass over the engine folders. A name the folder's
+    listing types as anything but a regular file is skipped unopened; each other one is
+    opened once, its fstat standing for the lstat a listing takes (the same file, never
+    followed); one that cannot be opened is listed as its lstat shows it, undescribed."""
+    if folders is None:
+        return
+    shared, group, is_entry = folders.shared_group, folders.group, names.is_entry
+    for folder in folders.engines:
+        folder_name = folder.name
+        for item in _scan(folder.path):
+            name = item.name
+            if not is_entry(name):
+                continue
+            try:
+                if not item.is_file(follow_symlinks=False):  # the listing's type: no call
+                    continue
+            except OSError:
+                continue
+            path = item.path
+            info, about = _read_described(path, shared, group)
+            if info is None:
+                try:
+                    info = item.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if not stat.S_ISREG(info.st_mode):
+                    continue
+            yield path, name, folder_name, info, about
+
+
+class Listed(NamedTuple):
+    """One entry as ``wasmcache ls`` shows it: plain values, what it says of itself."""
+
+    path: str
+    engine_folder: str
+    key: str  # the key's digest as the entry's name holds it (uppercase hex)
+    size: int
+    last_used: float
+    info: Optional[entry.Info]
+
+
+def listed(cache: Housekeeping) -> list[Listed]:
+    """Every entry with what :meth:`Housekeeping.describe` says of it, in listing order,
+    without a CacheEntry each (see :meth:`Housekeeping.described`)."""
+    return [
+        Listed(path, folder, name[:-4], info.st_size, info.st_atime, about)
+        for path, name, folder, info, about in _described(_checked(cache))
+    ]
 
 
 class Summary(NamedTuple):
@@ -281,14 +360,10 @@ def summarize(cache: Housekeeping) -> dict[str, Summary]:
     if folders is None:
         return {}
     totals: dict[str, list[Any]] = {}
-    for found in _list(folders).found:
-        info = found.info
-        if not stat.S_ISREG(info.st_mode):
-            continue
-        total = totals.setdefault(found.folder, [0, 0, 0, 0, 0.0, None, None])
+    for _path, _name, folder, info, described in _described(folders):
+        total = totals.setdefault(folder, [0, 0, 0, 0, 0.0, None, None])
         total[0] += 1
         total[1] += info.st_size
-        described = describe(found.path, shared_group=folders.shared_group, group=folders.group)
         if described is not None:
             total[2 if described.kind == "module" else 3] += 1
             total[4] += described.compile_seconds or 0.0
