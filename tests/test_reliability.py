@@ -108,7 +108,13 @@ def test_sigkill_during_saves_loses_nothing(tmp_path, engine):
     for _ in range(KILLS):
         before = len(temp_files(cache_dir))
         child = subprocess.Popen(
-            [sys.executable, workers.__file__, str(cache_dir), str(artifact), str(key)],
+            [
+                sys.executable,
+                workers.__file__,
+                str(cache_dir),
+                str(artifact),
+                f"{key.algorithm}:{key}",
+            ],
             stdout=subprocess.PIPE,
         )
         assert child.stdout is not None and child.stdout.readline() == b"ready\n"

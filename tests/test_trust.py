@@ -681,3 +681,28 @@ def test_shared_group_takes_a_bool_a_group_name_or_a_gid(tmp_path):
         wc.FileSystemCache(tmp_path / "c", shared_group=-1)
     with pytest.raises(TypeError, match="shared_group"):
         wc.FileSystemCache(tmp_path / "c", shared_group=1.5)  # type: ignore[arg-type]
+
+
+def test_an_entry_renamed_over_after_it_was_opened_is_still_its_own(tmp_path):
+    """A load opens an entry and another process renames a new one over the name before
+    the fstat: the open file has no name left (0 links), so no other name can change it
+    either; only a second name (a hard link) breaks the rule."""
+    from wasmcache import safefs
+
+    path = tmp_path / "entry.bin"
+    path.write_bytes(b"old")
+    fd, _ = safefs.open_regular(str(path))
+    try:
+        replacement = tmp_path / "new.bin"
+        replacement.write_bytes(b"new")
+        os.rename(replacement, path)
+        info = os.fstat(fd)
+        assert info.st_nlink == 0
+        safefs.check_entry(str(path), info)  # no error
+    finally:
+        os.close(fd)
+    os.link(path, tmp_path / "second-name")
+    fd, info = safefs.open_regular(str(path))
+    os.close(fd)
+    with pytest.raises(wc.UnsafeEntryError, match="2 links"):
+        safefs.check_entry(str(path), info)

@@ -62,12 +62,14 @@ def stress_worker(cache_dir: str, seconds: float, seed: int, results) -> None:
         results.put(("error", os.getpid(), traceback.format_exc()))
 
 
-def save_forever(cache_dir: str, artifact_path: str, key_hex: str) -> None:
-    """Save one module again and again, as after a miss, until killed (SIGKILL test)."""
+def save_forever(cache_dir: str, artifact_path: str, key_text: str) -> None:
+    """Save one module again and again, as after a miss, until killed (SIGKILL test).
+    ``key_text`` is ``ALGORITHM:HEX`` (64 hex digits alone would not say which hash)."""
     engine = wasmtime.Engine()
     module = wasmtime.Module.deserialize_file(engine, artifact_path)
     cache = wc.FileSystemCache(cache_dir)
-    key = wc.ModuleHash.parse(key_hex)
+    algorithm, digits = key_text.split(":")
+    key = wc.ModuleHash.parse(digits, algorithm)
     path = cache.path(key, engine)
     sys.stdout.write("ready\n")
     sys.stdout.flush()

@@ -309,14 +309,15 @@ def check_entry(
     fd: Optional[int] = None,
 ) -> None:
     """Check an open file in a cache folder (its fstat) against the rule: a regular file
-    with one link, its owner and mode as :func:`check_folder` asks (with ``shared_group``
-    no ACL naming a user or group, read from ``fd`` when given); UnsafeEntryError if it
-    breaks it. ``group``: the cache folder's group (default: the file's folder's);
-    ``what`` names the file in the message."""
+    with one link (or none: renamed over since it was opened), its owner and mode as
+    :func:`check_folder` asks (with ``shared_group`` no ACL naming a user or group, read
+    from ``fd`` when given); UnsafeEntryError if it breaks it. ``group``: the cache
+    folder's group (default: the file's folder's); ``what`` names the file in the
+    message."""
     problem: Optional[tuple[str, str]]
     if not stat.S_ISREG(info.st_mode):
         problem = f"is {_kind(info.st_mode)}", "rm {path}"
-    elif info.st_nlink != 1:
+    elif info.st_nlink > 1:  # 0: replaced since it was opened; no name reaches it now
         problem = f"has {info.st_nlink} links (another name could change it)", "rm {path}"
     else:
         if shared_group and group is None:
