@@ -338,6 +338,25 @@ class Seaweed:
         self.process = None
 
 
+@contextlib.contextmanager
+def running_seaweed(folder: Path) -> Iterator[Seaweed]:
+    """A SeaweedFS server in ``folder`` with the test credentials in the environment
+    while it runs (restored afterwards)."""
+    saved = {k: os.environ.get(k) for k in S3_CREDENTIALS}
+    os.environ.update(S3_CREDENTIALS)
+    server = Seaweed(folder)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def start_holder(script: str) -> subprocess.Popen[str]:
     """A Python process running ``script``, which prints "locked" once it holds a lock and
     then waits for a line on stdin; returned once it holds the lock."""

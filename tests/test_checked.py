@@ -37,7 +37,9 @@ def passes(monkeypatch):
 
     monkeypatch.setattr(entry, "file_checksum", counting)
     monkeypatch.setattr(checked, "_clock", lambda: direct._clock() + 3600 * 10**9)
-    monkeypatch.setattr(direct, "stamps_trusted", lambda fd, path: True)
+    monkeypatch.setattr(
+        direct, "trusted_mount", lambda fd, path, info, forced: direct.mount_of(fd, info)
+    )
     monkeypatch.setattr(direct, "_boot", "11111111-2222-3333-4444-555555555555")
     return count
 
@@ -106,7 +108,7 @@ def test_a_new_boot_checks_again(cache_entry, passes, monkeypatch):
 def test_untrusted_stamps_are_checked_every_time(cache_entry, passes, monkeypatch):
     """A filesystem off the allow-list (network, FUSE, image, read-only mount)."""
     cache_dir, path = cache_entry
-    monkeypatch.setattr(direct, "stamps_trusted", lambda fd, path: False)
+    monkeypatch.setattr(direct, "trusted_mount", lambda fd, path, info, forced: None)
     for _ in range(3):
         inspect(cache_dir, path)
     assert passes["n"] == 3
@@ -199,7 +201,9 @@ def test_a_load_checks_an_entry_once_per_boot_and_again_after_a_write(tmp_path, 
     real = entry.file_checksum
     monkeypatch.setattr(entry, "file_checksum", lambda fd, n: passes.append(n) or real(fd, n))
     monkeypatch.setattr(checked, "_clock", lambda: direct._clock() + 3600 * 10**9)
-    monkeypatch.setattr(direct, "stamps_trusted", lambda fd, path: True)
+    monkeypatch.setattr(
+        direct, "trusted_mount", lambda fd, path, info, forced: direct.mount_of(fd, info)
+    )
     engine = wasmtime.Engine()
     cache = wc.FileSystemCache(tmp_path / "cache")
     key = wc.ModuleHash.blake3(wasm)

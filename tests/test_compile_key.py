@@ -80,7 +80,7 @@ def test_compile_reads_and_hashes_the_file_once(tmp_path, add_wasm, monkeypatch,
         monkeypatch.delenv(direct.ENV_VARIABLE, raising=False)
     else:
         monkeypatch.setenv(direct.ENV_VARIABLE, setting)
-    monkeypatch.setattr(direct, "stamps_trusted", lambda fd, path: False)
+    monkeypatch.setattr(direct, "trusted_mount", lambda fd, path, info, forced: None)
     reads = []
     real = direct.read_source
 

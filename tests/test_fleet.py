@@ -41,17 +41,8 @@ def aws_env(monkeypatch):
 
 @pytest.fixture(scope="module")
 def seaweed(tmp_path_factory):
-    server = support.Seaweed(tmp_path_factory.mktemp("seaweed"))
-    saved = {k: os.environ.get(k) for k in support.S3_CREDENTIALS}
-    os.environ.update(support.S3_CREDENTIALS)
-    server.start()
-    yield server
-    server.stop()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with support.running_seaweed(tmp_path_factory.mktemp("seaweed")) as server:
+        yield server
 
 
 @pytest.fixture

@@ -31,17 +31,8 @@ DATA_BYTES = 16 << 10
 
 @pytest.fixture(scope="module")
 def seaweed(tmp_path_factory):
-    saved = {k: os.environ.get(k) for k in support.S3_CREDENTIALS}
-    os.environ.update(support.S3_CREDENTIALS)
-    server = support.Seaweed(tmp_path_factory.mktemp("seaweed"))
-    server.start()
-    yield server
-    server.stop()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with support.running_seaweed(tmp_path_factory.mktemp("seaweed")) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -53,11 +53,11 @@ def record_path(cache_dir: str) -> str:
     return names.checked_path(cache_dir)
 
 
-def _line(fd: int, info: os.stat_result) -> Optional[bytes]:
-    """The record's line for the entry open at ``fd``: its stamp and the mount it is on
-    (so a record never outlives that mount), or None where the mount cannot be told
-    apart from a later one."""
-    mount = direct.mount_of(fd, info)
+def _line(fd: int, info: os.stat_result, path: str) -> Optional[bytes]:
+    """The record's line for the entry open at ``fd`` (``info``: its fstat): its stamp and
+    the mount it is on, so a record never outlives that mount; None where its stamp may
+    not stand for its bytes (direct mode's rule, :func:`direct.trusted_mount`)."""
+    mount = direct.trusted_mount(fd, path, info, None)
     if mount is None:
         return None
     return b"%d %d %d %d %d " % direct.stamp_of(info) + mount.encode("ascii") + b"\n"
@@ -73,24 +73,16 @@ def _read(cache_dir: str, boot: bytes) -> Optional[bytes]:
     return text[len(header) - 1 :]
 
 
-def _trusted(fd: int, path: str) -> Optional[bytes]:
-    """The boot id if the stamp of the entry open at ``fd`` may stand for its bytes."""
-    boot = boot_id()
-    if boot is None or not direct.stamps_trusted(fd, path):
-        return None
-    return boot
-
-
 def checked_this_boot(cache_dir: str, fd: int, info: os.stat_result, path: str) -> bool:
     """Whether the entry open at ``fd`` (``info``: its fstat) had its checksum checked
     since the machine started, with the same stamp, on a filesystem whose stamps are
     trusted."""
-    boot = _trusted(fd, path)
-    if boot is None:
+    boot = boot_id()
+    line = _line(fd, info, path) if boot is not None else None
+    if boot is None or line is None:
         return False
-    line = _line(fd, info)
     lines = _read(cache_dir, boot)
-    return line is not None and lines is not None and b"\n" + line in lines
+    return lines is not None and b"\n" + line in lines
 
 
 def remember(cache_dir: str, fd: int, info: os.stat_result, path: str, before_ns: int) -> None:
@@ -99,13 +91,11 @@ def remember(cache_dir: str, fd: int, info: os.stat_result, path: str, before_ns
     its bytes. A failure to write leaves the next load checking again (logged)."""
     if direct.stamp_of(info) != direct.stamp_of(os.fstat(fd)):
         return  # changed while it was read
-    if before_ns - max(info.st_mtime_ns, info.st_ctime_ns) < int(direct.RACY_SECONDS * 1e9):
+    if not direct.settled(info, before_ns):
         return
-    boot = _trusted(fd, path)
-    if boot is None:
-        return
-    line = _line(fd, info)
-    if line is None:
+    boot = boot_id()
+    line = _line(fd, info, path) if boot is not None else None
+    if boot is None or line is None:
         return
     with _lock:
         lines = _read(cache_dir, boot) or b"\n"

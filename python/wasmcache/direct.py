@@ -110,7 +110,7 @@ def stamp_of(info: os.stat_result) -> Stamp:
     return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
 
-def _settled(info: os.stat_result, now_ns: int) -> bool:
+def settled(info: os.stat_result, now_ns: int) -> bool:
     """Whether the stamp was at least RACY_SECONDS old at ``now_ns``: a write after that
     moment gets a ctime later than the stamp's, even with coarse timestamps."""
     return now_ns - max(info.st_mtime_ns, info.st_ctime_ns) >= _RACY_NS
@@ -184,10 +184,8 @@ def stamps_trusted(fd: int, path: str) -> bool:
     typically an image, whose times and inode numbers were chosen when it was built),
     and not on a loop or network block device unless the kernel tells its mounts apart
     (:func:`mount_of`)."""
-    if not _honest(fd, path):
-        return False
     try:
-        return mount_of(fd, os.fstat(fd)) is not None
+        return trusted_mount(fd, path, os.fstat(fd), None) is not None
     except OSError:
         return False
 
@@ -484,17 +482,17 @@ def key_of_file(
         mount = None
         if stat.S_ISREG(info.st_mode):
             mount = trusted_mount(fd, path, info, direct)
-        if mount is not None and _settled(info, _clock()):
+        if mount is not None and settled(info, _clock()):
             key = _lookup(index, (stamp_of(info), mount), algorithm)
             if key is not None:
                 return key, None
-        before = _clock()  # taken before the read: see _settled
+        before = _clock()  # taken before the read: see settled
         data, read_info = read_source(path, fd)
     except OSError as exc:
         raise _source_error(path, exc) from exc
     finally:
         os.close(fd)
     key = hash_bytes(data, algorithm)
-    if mount is not None and read_info is not None and _settled(read_info, before):
+    if mount is not None and read_info is not None and settled(read_info, before):
         _remember(index, (stamp_of(read_info), mount), key)
     return key, data
