@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Optional
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 WEEZL_DIR = ROOT / "tools" / "weezl-ref"
 WEEZL = WEEZL_DIR / "target" / "release" / "weezl-ref"
@@ -355,6 +357,22 @@ def running_seaweed(folder: Path) -> Iterator[Seaweed]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+class Reads:
+    """Counts reads of Wasm sources (``direct.read_source``) from now on."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from wasmcache import direct
+
+        self.count = 0
+        real = direct.read_source
+
+        def counting(path: str, fd=None):  # type: ignore[no-untyped-def]
+            self.count += 1
+            return real(path, fd)
+
+        monkeypatch.setattr(direct, "read_source", counting)
 
 
 def start_holder(script: str) -> subprocess.Popen[str]:

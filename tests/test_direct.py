@@ -16,7 +16,7 @@ import wasmtime
 
 import wasmcache as wc
 from conftest import call_add
-from support import forge_xxh64_collision
+from support import Reads, forge_xxh64_collision
 from wasmcache import base, direct, names
 from wasmcache.hashing import DEFAULT_ALGORITHM
 
@@ -60,20 +60,6 @@ def fresh_memory():
     direct._memory.clear()
     yield
     direct._memory.clear()
-
-
-class Reads:
-    """Counts reads of Wasm sources."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.count = 0
-        real = direct.read_source
-
-        def counting(path: str, fd=None):  # type: ignore[no-untyped-def]
-            self.count += 1
-            return real(path, fd)
-
-        monkeypatch.setattr(direct, "read_source", counting)
 
 
 def test_a_known_file_is_not_read_again(settled, tmp_path, monkeypatch, engine):

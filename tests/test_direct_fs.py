@@ -19,7 +19,7 @@ import pytest
 
 import wasmcache as wc
 from conftest import call_add
-from support import forge_xxh64_collision
+from support import Reads, forge_xxh64_collision
 from wasmcache import _core, direct, names
 
 #: squashfs images are built with every time set to this (a reproducible build).
@@ -37,20 +37,6 @@ def fresh_memory() -> Iterator[None]:
 def versions() -> tuple[bytes, bytes]:
     """Two modules of one size: add(2, 3) is 5 in v1 and 1337 in v2."""
     return forge_xxh64_collision()
-
-
-class Reads:
-    """Counts reads of Wasm sources."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.count = 0
-        real = direct.read_source
-
-        def counting(path: str, fd=None):  # type: ignore[no-untyped-def]
-            self.count += 1
-            return real(path, fd)
-
-        monkeypatch.setattr(direct, "read_source", counting)
 
 
 CHILD = textwrap.dedent(
