@@ -101,14 +101,6 @@ def metrics_lock_path(cache_dir: str) -> str:
     return os.path.join(cache_dir, METRICS_LOCK)
 
 
-def index_record_path(cache_dir: str, stamp_digest: str) -> str:
-    """Where an older version kept the key of one file stamp (its SHA-256, lowercase hex):
-    no longer read, removed by housekeeping."""
-    if not _INDEX_RECORD.fullmatch(stamp_digest):
-        raise ValueError(f"not a stamp digest: {stamp_digest!r}")
-    return os.path.join(cache_dir, INDEX_FOLDER, stamp_digest)
-
-
 def object_name(prefix: str, engine_id: str, key: ModuleHash, *, lease: bool = False) -> str:
     """``<prefix>/<engine id>-v<N>/<HASH>.bin`` (or ``.lease``) in a bucket: the entry's
     path relative to a cache folder, from the same builder."""

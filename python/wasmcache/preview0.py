@@ -80,11 +80,6 @@ _SUB0, _SUB1 = 56, 48  # subscription sizes
 _STAT0, _STAT1 = 56, 64  # filestat sizes
 
 
-def imports_it(module: wasmtime.Module) -> bool:
-    """Whether ``module`` imports anything from ``wasi_unstable``."""
-    return any(i.module == NAME for i in module.imports)
-
-
 def adapter_wat(names: list[str]) -> str:
     """The adapter module: ``memory`` (imported, re-exported) and one forwarder per name."""
     parts = ['(module (import "guest" "memory" (memory $m 0))']
