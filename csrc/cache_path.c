@@ -2,18 +2,69 @@
  * The two names the C core builds: an entry's path "<dir>/<engine id>-v<version>/<HEX>.bin"
  * and a temp file's path "<folder>/.<name>.<pid>.<16 hex>.tmp". Every size is checked
  * before it is added, so no length can wrap.
+ *
+ * Separators: POSIX has only the slash (a backslash is an ordinary byte of a name there).
+ * Windows takes both slash and backslash, and a drive prefix "C:" also ends a folder part
+ * ("C:x.bin" is x.bin in drive C's current folder); the separator added there is Windows'
+ * own backslash. Windows also opens a device, not a file, for a name whose part before
+ * its first dot is CON, PRN, AUX, NUL, COM1-9 or LPT1-9, so such engine ids are refused.
  */
 #include "wasmcache.h"
 
 #include <string.h>
 
+#if defined(_WIN32)
+#define SEPARATOR '\\'
+static int is_separator(char c) { return c == '/' || c == '\\'; }
+/* Length of a drive prefix "X:" at the start of path (0 if none). */
+static size_t drive_prefix(const char *path, size_t len) {
+    if (len >= 2 && path[1] == ':' &&
+        ((path[0] >= 'A' && path[0] <= 'Z') || (path[0] >= 'a' && path[0] <= 'z')))
+        return 2;
+    return 0;
+}
+#else
+#define SEPARATOR '/'
+static int is_separator(char c) { return c == '/'; }
+static size_t drive_prefix(const char *path, size_t len) {
+    (void)path;
+    (void)len;
+    return 0;
+}
+#endif
+
 #define MAX_DIGEST 64
 static const char hex_upper[] = "0123456789ABCDEF";
 static const char hex_lower[] = "0123456789abcdef";
 
+#if defined(_WIN32)
+static char upper(char c) { return (c >= 'a' && c <= 'z') ? (char)(c - 'a' + 'A') : c; }
+
+/* Whether s[0..n) names one of Windows' reserved devices (any case). */
+static int device_name(const char *s, size_t n) {
+    static const char *const names[] = {"CON", "PRN", "AUX", "NUL"};
+    for (size_t k = 0; k < 4; k++) {
+        if (n == 3 && upper(s[0]) == names[k][0] && upper(s[1]) == names[k][1] &&
+            upper(s[2]) == names[k][2])
+            return 1;
+    }
+    if (n == 4 && s[3] >= '1' && s[3] <= '9') {
+        char a = upper(s[0]), b = upper(s[1]), c = upper(s[2]);
+        if ((a == 'C' && b == 'O' && c == 'M') || (a == 'L' && b == 'P' && c == 'T')) return 1;
+    }
+    return 0;
+}
+#endif
+
 static int engine_id_ok(const char *s, size_t n) {
     if (n == 0) return 0;
     if ((n == 1 && s[0] == '.') || (n == 2 && s[0] == '.' && s[1] == '.')) return 0;
+#if defined(_WIN32)
+    /* The folder is "<engine id>-v<version>": its part before the first dot is the engine
+     * id's part before its first dot, if it has a dot. */
+    const char *dot = memchr(s, '.', n);
+    if (dot && device_name(s, (size_t)(dot - s))) return 0;
+#endif
     for (size_t i = 0; i < n; i++) {
         char c = s[i];
         int ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
@@ -50,9 +101,11 @@ int wmc_cache_path(const char *dir, size_t dir_len, const char *engine_id, size_
     if (dir_len == 0 || memchr(dir, '\0', dir_len) != NULL) return WMC_ERR_PATH_COMPONENT;
     if (!engine_id_ok(engine_id, engine_id_len)) return WMC_ERR_PATH_COMPONENT;
 
-    /* Drop trailing slashes of dir, but keep a lone "/". */
-    while (dir_len > 1 && dir[dir_len - 1] == '/') dir_len--;
-    int root = dir_len == 1 && dir[0] == '/';
+    /* Drop trailing separators of dir, but keep the one of a root ("/", or Windows' "C:" and
+     * a backslash). A bare drive "C:" is that drive's current folder: nothing is added. */
+    size_t drive = drive_prefix(dir, dir_len);
+    while (dir_len > drive + 1 && is_separator(dir[dir_len - 1])) dir_len--;
+    int root = dir_len == drive || (dir_len == drive + 1 && is_separator(dir[drive]));
 
     char version_text[20];
     size_t vlen = put_decimal(version_text, version);
@@ -67,14 +120,14 @@ int wmc_cache_path(const char *dir, size_t dir_len, const char *engine_id, size_
     char *p = out;
     memcpy(p, dir, dir_len);
     p += dir_len;
-    if (!root) *p++ = '/';
+    if (!root) *p++ = SEPARATOR;
     memcpy(p, engine_id, engine_id_len);
     p += engine_id_len;
     *p++ = '-';
     *p++ = 'v';
     memcpy(p, version_text, vlen);
     p += vlen;
-    *p++ = '/';
+    *p++ = SEPARATOR;
     for (size_t i = 0; i < digest_len; i++) {
         *p++ = hex_upper[digest[i] >> 4];
         *p++ = hex_upper[digest[i] & 15];
@@ -89,18 +142,19 @@ int wmc_cache_path(const char *dir, size_t dir_len, const char *engine_id, size_
 int wmc_temp_path(const char *target, size_t target_len, uint64_t pid, uint64_t suffix,
                   char *out, size_t out_cap, size_t *out_len) {
     if (!target || !out || !out_len) return WMC_ERR_ARGUMENT;
-    if (target_len == 0 || target[target_len - 1] == '/' ||
+    if (target_len == 0 || is_separator(target[target_len - 1]) ||
         memchr(target, '\0', target_len) != NULL)
         return WMC_ERR_PATH_COMPONENT;
 
-    const char *slash = NULL;
+    /* The folder part: up to and with the last separator, else a drive prefix, else none. */
+    size_t dir_len = drive_prefix(target, target_len);
     for (size_t i = target_len; i > 0; i--) {
-        if (target[i - 1] == '/') {
-            slash = target + i - 1;
+        if (is_separator(target[i - 1])) {
+            dir_len = i;
             break;
         }
     }
-    size_t dir_len = slash ? (size_t)(slash - target) + 1 : 0; /* with its '/' */
+    if (dir_len == target_len) return WMC_ERR_PATH_COMPONENT; /* "C:": no file name */
     const char *name = target + dir_len;
     size_t name_len = target_len - dir_len;
 

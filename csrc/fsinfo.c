@@ -36,6 +36,8 @@ int wmc_fs_magic(const char *path, uint64_t *out_magic, int *err_no) {
     *out_magic = (uint64_t)(uint32_t)info.f_type;
     return WMC_OK;
 #else
+    /* macOS and the BSDs name filesystems by string (f_fstypename), Windows by volume
+     * flags: no number to check against the allow-list, so no stamp is trusted. */
     *out_magic = 0;
     return WMC_ERR_UNSUPPORTED;
 #endif
@@ -76,6 +78,8 @@ int wmc_mount_id(int fd, uint64_t *out_id, int *out_unique, int *err_no) {
     *out_unique = (mask & MOUNT_ID_UNIQUE) != 0;
     return WMC_OK;
 #else
+    /* No statx outside Linux (nor in headers too old to number it): no mount id; the
+     * outputs stay zero. */
     return WMC_ERR_UNSUPPORTED;
 #endif
 }

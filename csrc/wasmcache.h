@@ -56,12 +56,18 @@ int wmc_lzw_encode(const uint8_t *in, size_t in_len, uint8_t **out, size_t *out_
 
 void wmc_free(void *p);
 
-/* Write payload then trailer to the new file temp, created exclusively
- * (O_CREAT|O_EXCL|O_NOFOLLOW, so an existing name or a planted link is never opened),
- * then rename it over target. A non-zero mode (at most 07777) is set on the temp file
- * before it is written (else it keeps 0644 less the umask). On failure the temp file (if
- * created) is removed, target is untouched, and *err_no holds the errno of the failing call
- * (EEXIST: pick another temp). */
+/* Write payload then trailer to the new file temp, created exclusively (POSIX:
+ * O_CREAT|O_EXCL|O_NOFOLLOW; Windows: CREATE_NEW with FILE_FLAG_OPEN_REPARSE_POINT), so an
+ * existing name or a planted link is never opened, then rename it over target in one step.
+ * Bytes are written unchanged (no text mode anywhere). A non-zero mode (at most 07777) is
+ * set on the temp file before it is written (else it keeps 0644 less the umask); Windows
+ * files have no mode bits and take their folder's inherited ACL. WMC_FSYNC_FILE flushes
+ * the file before the rename (fsync; F_FULLFSYNC on macOS; FlushFileBuffers on Windows);
+ * WMC_FSYNC_DIR makes the rename durable (POSIX: fsync of the folder; Windows, which cannot
+ * flush a folder: MOVEFILE_WRITE_THROUGH). Paths are bytes on POSIX and UTF-8 on Windows
+ * (anything else fails with EILSEQ). On failure the temp file (if created) is removed,
+ * target is untouched, and *err_no holds the errno of the failing call (on Windows, the
+ * errno CPython gives the Win32 error; EEXIST: pick another temp). */
 int wmc_atomic_write(const char *temp, const char *target, const uint8_t *payload,
                      size_t payload_len, const uint8_t *trailer, size_t trailer_len, int flags,
                      unsigned int mode, int *err_no);
@@ -69,16 +75,19 @@ int wmc_atomic_write(const char *temp, const char *target, const uint8_t *payloa
 /* Write "<dir>/<engine_id>-v<version>/<HEX>.bin" (HEX: the digest in uppercase hex)
  * into out (NUL-terminated, out_cap bytes at most); *out_len gets its length.
  * dir must be non-empty and hold no NUL; engine_id must be [A-Za-z0-9._-]+ and not
- * "." or ".."; digest_len must be 1..64. */
+ * "." or ".." (on Windows, nor a device name such as "NUL.x"); digest_len must be 1..64.
+ * The separator is '/' on POSIX; on Windows it is '\\', and dir may end in either. */
 int wmc_cache_path(const char *dir, size_t dir_len, const char *engine_id, size_t engine_id_len,
                    uint32_t version, const uint8_t *digest, size_t digest_len,
                    char *out, size_t out_cap, size_t *out_len);
 
 /* Write the temp name of a file being written to target, "<folder>/.<name>.<pid>.<16 hex
  * digits of suffix>.tmp", into out (NUL-terminated, out_cap bytes at most). target must
- * hold a file name (not end in '/') and no NUL. */
+ * hold a file name (not end in a separator) and no NUL. The folder part ends at the last
+ * '/' (on Windows: the last '/' or '\\', else a drive prefix "C:"). */
 int wmc_temp_path(const char *target, size_t target_len, uint64_t pid, uint64_t suffix,
                   char *out, size_t out_cap, size_t *out_len);
+
 /* The type number (statfs f_type, a "magic" such as 0xEF53 for ext2/3/4) of the
  * filesystem holding path, following links, into *out_magic. WMC_ERR_UNSUPPORTED where the
  * platform has no such number (anything but Linux); WMC_ERR_OS with *err_no on failure. */

@@ -249,3 +249,89 @@ def test_mount_id_tells_mounts_apart(tmp_path):
     with pytest.raises(wc.FileReadError) as caught:
         _core.mount_id(here)  # closed now
     assert caught.value.errno == errno.EBADF
+
+
+def test_backslash_is_part_of_a_name_on_posix():
+    if os.name == "nt":
+        pytest.skip("a POSIX rule")
+    assert _core.temp_path(b"C:\\c\\x.bin", 1, 1) == b".C:\\c\\x.bin.1.0000000000000001.tmp"
+    assert _core.temp_path(b"/c\\/x", 1, 1) == b"/c\\/.x.1.0000000000000001.tmp"
+    assert _core.cache_path(b"C:\\c\\", b"e", 1, DIGEST) == b"C:\\c\\/e-v1/0001020304050607.bin"
+
+
+def test_windows_separators_and_drives():
+    if os.name != "nt":
+        pytest.skip("a Windows rule")
+    assert _core.temp_path(b"C:\\c\\x.bin", 1, 1) == b"C:\\c\\.x.bin.1.0000000000000001.tmp"
+    assert _core.temp_path(b"C:x.bin", 1, 1) == b"C:.x.bin.1.0000000000000001.tmp"
+    assert _core.cache_path(b"C:\\c\\", b"e", 1, DIGEST) == b"C:\\c\\e-v1\\0001020304050607.bin"
+    assert _core.cache_path(b"C:", b"e", 1, DIGEST) == b"C:e-v1\\0001020304050607.bin"
+    with pytest.raises(ValueError, match="unsafe or empty path component"):
+        _core.cache_path(b"C:\\c", b"NUL.x", 1, DIGEST)
+
+
+class _Unsupported:
+    """The C core as a platform without statfs types or mount ids shows it."""
+
+    def __init__(self, real):
+        self._real = real
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def wmc_fs_magic(self, path, out, err_no):
+        out[0] = 0
+        return self._real.WMC_ERR_UNSUPPORTED
+
+    def wmc_mount_id(self, fd, out, unique, err_no):
+        return self._real.WMC_ERR_UNSUPPORTED
+
+
+def test_missing_facilities_read_as_not_available(monkeypatch, tmp_path):
+    monkeypatch.setattr(_core, "lib", _Unsupported(_core.lib))
+    assert _core.fs_magic(str(tmp_path)) is None
+    fd = os.open(str(tmp_path), os.O_RDONLY)
+    try:
+        assert _core.mount_id(fd) is None
+    finally:
+        os.close(fd)
+
+
+def test_the_status_funnel():
+    lib = _core.lib
+    assert _core._check(lib.WMC_OK, what="x") is True
+    assert _core._check(lib.WMC_ERR_UNSUPPORTED, optional=True, what="x") is False
+    with pytest.raises(wc.CacheError, match=r"^not supported on this platform: asking"):
+        _core._check(lib.WMC_ERR_UNSUPPORTED, what="asking")
+    with pytest.raises(ValueError, match=r"^path too long"):
+        _core._check(lib.WMC_ERR_PATH_TOO_LONG, optional=True, what="x")
+    with pytest.raises(wc.FileWriteError) as caught:
+        _core._check(lib.WMC_ERR_OS, optional=True, what="x", path="p", err_no=errno.EEXIST)
+    assert caught.value.errno == errno.EEXIST
+    assert isinstance(caught.value.__cause__, FileExistsError)
+
+
+def test_the_c_core_tests_pass(tmp_path):
+    """tests/c/test_core.c, built with the machine's C compiler against csrc/."""
+    import shutil
+    import subprocess
+    import sysconfig
+
+    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if not shutil.which(cc):
+        pytest.skip(f"no C compiler ({cc})")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    csrc = os.path.join(root, "csrc")
+    sources = [os.path.join(csrc, n) for n in sorted(os.listdir(csrc)) if n.endswith(".c")]
+    program = str(tmp_path / "test_core")
+    build = subprocess.run(
+        [cc, "-std=c11", "-O1", "-Wall", "-Wextra", "-I", csrc, *sources,
+         os.path.join(root, "tests", "c", "test_core.c"), "-o", program],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr[-3000:]
+    run = subprocess.run(
+        [program, str(tmp_path / "work")], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stdout + run.stderr[-3000:]
+    assert run.stdout.startswith("ok: ") and " 0 failed" in run.stdout

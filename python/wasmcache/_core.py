@@ -1,7 +1,9 @@
 """Typed wrappers over the C core (``wasmcache._native``).
 
 Every C status goes through :func:`_check`, the one place that turns a status into an
-exception; its message starts with the C core's own text (``wmc_strerror``).
+exception (its message starts with the C core's own text, ``wmc_strerror``) or, for the
+facilities only some platforms have, into "not available here" for the caller to read as
+"not trusted".
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import sys
 from typing import Any, NoReturn, Optional, Union
 
 from wasmcache._native import ffi, lib
-from wasmcache.errors import FileReadError, FileWriteError, LZWError, OutOfMemory
+from wasmcache.errors import CacheError, FileReadError, FileWriteError, LZWError, OutOfMemory
 
 Buffer = Union[bytes, bytearray, memoryview]
 
@@ -55,13 +57,20 @@ def _fail(
     reason = _LZW_REASONS.get(status)
     if reason is not None:
         raise LZWError(f"{message} at byte {offset} ({what})", reason)
+    if status == lib.WMC_ERR_UNSUPPORTED:
+        raise CacheError(f"{message}: {what}")
     raise ValueError(f"{message}: {what}")
 
 
-def _check(status: int, **context: Any) -> None:
-    """Return if ``status`` is WMC_OK, else raise the exception it stands for."""
-    if status != lib.WMC_OK:
-        _fail(status, **context)
+def _check(status: int, *, optional: bool = False, **context: Any) -> bool:
+    """True if ``status`` is WMC_OK. False if it is WMC_ERR_UNSUPPORTED and the facility is
+    ``optional`` (only some platforms have it: the caller then trusts nothing it would
+    have told). Otherwise raise the exception the status stands for."""
+    if status == lib.WMC_OK:
+        return True
+    if optional and status == lib.WMC_ERR_UNSUPPORTED:
+        return False
+    _fail(status, **context)
 
 
 def _buffer(data: object, name: str) -> Any:
@@ -138,8 +147,9 @@ def atomic_write(
 ) -> None:
     """Write payload + trailer to the new file ``temp`` (never an existing name or a
     link), then rename it over ``target``. A non-zero ``mode`` is set on the file before
-    it is written (else 0644 less the umask). Raises FileWriteError (``errno`` set; EEXIST
-    means pick another temp name); no temp file is left behind then."""
+    it is written (else 0644 less the umask; Windows files have no mode and take their
+    folder's ACL). Raises FileWriteError (``errno`` set, on Windows as CPython maps the
+    Windows error; EEXIST means pick another temp name); no temp file is left behind then."""
     if not 0 <= mode <= 0o7777:
         raise ValueError(f"mode {mode:#o} is not a file mode")
     err_no = ffi.new("int *")
@@ -153,7 +163,8 @@ def atomic_write(
 
 
 def cache_path(cache_dir: bytes, engine_id: bytes, version: int, digest: bytes) -> bytes:
-    """``<cache_dir>/<engine_id>-v<version>/<HEX>.bin`` as bytes (see ``wmc_cache_path``)."""
+    """``<cache_dir>/<engine_id>-v<version>/<HEX>.bin`` as bytes, with the platform's
+    separator (see ``wmc_cache_path``)."""
     cap = len(cache_dir) + len(engine_id) + 2 * len(digest) + 32
     out = ffi.new("char[]", cap)
     out_len = ffi.new("size_t *")
@@ -166,7 +177,8 @@ def cache_path(cache_dir: bytes, engine_id: bytes, version: int, digest: bytes) 
 
 
 def temp_path(target: bytes, pid: int, suffix: int) -> bytes:
-    """``<folder>/.<name>.<pid>.<16 hex of suffix>.tmp`` as bytes (see ``wmc_temp_path``)."""
+    """``<folder>/.<name>.<pid>.<16 hex of suffix>.tmp`` as bytes; the folder part ends at
+    the last separator the platform has (see ``wmc_temp_path``)."""
     cap = len(target) + 64
     out = ffi.new("char[]", cap)
     out_len = ffi.new("size_t *")
@@ -177,15 +189,14 @@ def temp_path(target: bytes, pid: int, suffix: int) -> bytes:
 
 def fs_magic(path: str) -> Optional[int]:
     """The type number (statfs ``f_type``) of the filesystem holding ``path``, or None
-    where the platform has none. FileReadError (``errno`` set) if it cannot be asked."""
+    where the platform has none (anything but Linux). FileReadError (``errno`` set) if it
+    cannot be asked."""
     magic = ffi.new("uint64_t *")
     err_no = ffi.new("int *")
     status = lib.wmc_fs_magic(os.fsencode(path), magic, err_no)
-    if status == lib.WMC_ERR_UNSUPPORTED:
+    what = f"ask which filesystem holds {path}"
+    if not _check(status, optional=True, what=what, path=path, err_no=err_no[0], reading=True):
         return None
-    _check(
-        status, what=f"ask which filesystem holds {path}", path=path, err_no=err_no[0], reading=True
-    )
     return int(magic[0])
 
 
@@ -197,7 +208,7 @@ def mount_id(fd: int) -> Optional[tuple[int, bool]]:
     unique = ffi.new("int *")
     err_no = ffi.new("int *")
     status = lib.wmc_mount_id(fd, value, unique, err_no)
-    if status == lib.WMC_ERR_UNSUPPORTED:
+    what = f"ask which mount holds descriptor {fd}"
+    if not _check(status, optional=True, what=what, err_no=err_no[0], reading=True):
         return None
-    _check(status, what=f"ask which mount holds descriptor {fd}", err_no=err_no[0], reading=True)
     return int(value[0]), bool(unique[0])
