@@ -669,3 +669,64 @@ def test_ls_minutes_are_strftimes(zone, monkeypatch):
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+def test_ls_lines_keep_their_columns(tmp_path, capsys):
+    """Each row as the format specs <24 <9 >10 >9 <16 lay it out, whatever the entry says:
+    a long name cut to its end, a name with a control character escaped, no compile
+    time, no source, an entry that cannot be described."""
+    import gc
+
+    from wasmcache import cli
+
+    cache = wc.FileSystemCache(tmp_path / "lscache")
+    engine = wasmtime.Engine()
+    origins = [
+        wc.Origin("m.wasm", 5, 0.25),
+        wc.Origin("a-rather-long-module-name-indeed.wasm", 5, 12.5),
+        wc.Origin("tab\there.wasm", None, None),
+        wc.Origin(None, None, 3.0),
+        wc.Origin("m.wasm", 7, 0.0),
+    ]
+    for n, origin in enumerate(origins):
+        wasm = wasmtime.wat2wasm(f'(module (func (export "f{n}")))')
+        cache.save(wc.ModuleHash.sha256(wasm), engine, wasmtime.Module(engine, wasm), origin=origin)
+    damaged = cache.path(wc.ModuleHash.sha256(b"damaged"), engine)
+    damaged.write_bytes(b"not an entry")
+    damaged.chmod(0o600)
+    assert cli.main(["--cache-dir", str(cache.cache_dir), "ls", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert cli.main(["--cache-dir", str(cache.cache_dir), "ls"]) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]
+    assert gc.isenabled()  # paused while listing only
+    expected = []
+    for row in rows:
+        if row["kind"] is None:
+            source, kind, seconds = "-", "?", "-"
+        else:
+            source = row["source"].replace("\t", "\\t") if row["source"] else "-"
+            source = source if len(source) <= 24 else "..." + source[-21:]
+            kind = row["kind"]
+            seconds = "-" if row["compile_seconds"] is None else f"{row['compile_seconds']:.1f} s"
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["last_used"]))
+        expected.append(
+            f"{source:<24} {kind:<9} {cli.human(row['bytes']):>10} {seconds:>9} {used:<16} "
+            f"{row['key'][:16]} {row['engine']}"
+        )
+    assert lines == expected and len(lines) == 6
+    assert any(line.startswith("...dule-name-indeed.wasm ") for line in lines)
+
+
+def test_ls_leaves_the_collector_off_when_it_was_off(tmp_path, capsys):
+    import gc
+
+    from wasmcache import cli
+
+    cache, _ = _ls_cache(tmp_path, 2)
+    gc.disable()
+    try:
+        assert cli.main(["--cache-dir", str(cache.cache_dir), "ls"]) == 0
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    capsys.readouterr()

@@ -624,3 +624,38 @@ def test_a_fifo_swapped_in_after_the_stat_is_read_as_a_stream(tmp_path, monkeypa
     assert (key, data) == (default_key(wasm), wasm)
     assert direct._memory == {}
     assert not os.path.exists(index.path)
+
+
+# -- what a hit costs at start-up -----------------------------------------------------------
+
+
+def test_record_names_are_the_sha256_of_the_stamp():
+    """The digest that names a record is SHA-256 as hashlib computes it, whichever module
+    computes it (records written by either are found by the other)."""
+    import hashlib
+
+    stamp = ((2049, 1234567, 13616, 1_700_000_000_123456789, 1_700_000_001_987654321), "b m")
+    text = "blake3:2049 1234567 13616 1700000000123456789 1700000001987654321 b m"
+    assert direct._record_name(stamp, "blake3") == hashlib.sha256(text.encode()).hexdigest()
+
+
+def test_a_warm_hit_imports_neither_hashlib_nor_json(settled, tmp_path):
+    """A hit through a file's record needs no OpenSSL (hashlib), no JSON parser and no
+    logging: each costs milliseconds at every start of a short program."""
+    cache = tmp_path / "c"
+    code = textwrap.dedent(
+        f"""
+        import sys, wasmtime
+        import wasmcache as wc
+        engine = wasmtime.Engine()
+        wc.FileSystemCache({str(cache)!r}).load_or_compile(engine, {str(settled["m"])!r})
+        if sys.argv[1] == "warm":
+            print(sorted(m for m in ("hashlib", "_hashlib", "json", "logging") if m in sys.modules))
+        """
+    )
+    for phase in ("cold", "warm"):
+        done = subprocess.run(
+            [sys.executable, "-c", code, phase], capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+    assert done.stdout == "[]\n"

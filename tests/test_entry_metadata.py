@@ -6,6 +6,7 @@ And an entry records the key and engine it was saved under, so a renamed one nev
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,8 @@ from pathlib import Path
 import pytest
 import wasmtime
 import xxhash
+from hypothesis import given
+from hypothesis import strategies as st
 
 import wasmcache as wc
 from conftest import ADD_WAT, call_add
@@ -302,3 +305,71 @@ def test_an_identical_entry_is_kept_unless_it_names_another_key(tmp_path, engine
     cache.save(key, engine, module)
     assert path.stat().st_ino != renamed  # replaced by an entry naming its key
     assert call_add(engine, cache.load(key, engine)) == 5
+
+
+# -- the quick reader of seal's own form ----------------------------------------------------
+
+_SOURCES = st.one_of(
+    st.none(),
+    st.text(max_size=40),
+    st.text(alphabet='ab"\\\x00\x1f\x7f\x80 ', max_size=12),
+    st.integers(1020, 1030).map(lambda n: "s" * n),  # around the bound on a source
+)
+_VERSIONS = st.one_of(st.none(), st.just("50.0.1"), st.integers(60, 70).map(lambda n: "9" * n))
+_NUMBERS = st.one_of(
+    st.none(),
+    st.integers(0, 1 << 64),
+    st.floats(min_value=0.0, allow_nan=False),  # infinity included: out of range
+    st.integers(-3, -1),
+)
+
+
+@given(
+    source=_SOURCES,
+    version=_VERSIONS,
+    wasm_size=st.one_of(st.none(), st.integers(0, 1 << 64)),
+    length=st.integers(0, 1 << 64),
+    seconds=_NUMBERS,
+    created=_NUMBERS,
+    names=st.sampled_from(
+        [{}, {"engine_id": "wasmtime-50-abc"}, {"key": "AB" * 32, "key_algorithm": "blake3"}]
+    ),
+)
+def test_the_quick_reader_agrees_with_the_general_one(
+    source, version, wasm_size, length, seconds, created, names
+):
+    """Metadata laid out as seal lays it out, with any values: the quick reader gives the
+    general reader's Info (same values, same types) or leaves it to the general one."""
+    meta = {
+        "artifact_checksum": "0123456789abcdef", "artifact_length": length,
+        "compile_seconds": seconds, "created": created, "kind": "module",
+        "source": source, "wasm_size": wasm_size, "wasmtime": version, **names,
+    }  # fmt: skip
+    raw = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
+    quick = entry._canonical(raw)
+    try:
+        general = entry.parse_info_general(raw)
+    except Corrupt:
+        assert quick is None
+        return
+    if quick is not None:
+        assert quick == general
+        assert [type(v) for v in quick] == [type(v) for v in general]
+    plain = source is None or (source.isascii() and source.isprintable() and '"' not in source)
+    if plain and "\\" not in (source or "") and (version is None or len(version) <= 64):
+        assert quick is not None  # seal's own form of in-range values: read quickly
+
+
+def test_describe_reads_long_metadata_as_read_info_does(tmp_path):
+    """Metadata longer than the first read of an entry's end is read whole."""
+    for name in ("m.wasm", "x" * 1000):
+        sealed = entry.seal(b"\x7fELF" + bytes(100), "module", wc.Origin(name, 5, 0.5))
+        path = tmp_path / "e.bin"
+        path.write_bytes(b"\x7fELF" + bytes(100) + sealed.tail)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+            assert entry.describe(fd, size) == entry.read_info(fd, size)
+            assert entry.describe(fd, size).source == name
+        finally:
+            os.close(fd)

@@ -236,3 +236,36 @@ def test_a_folder_removed_right_after_a_save_stays_removed(tmp_path, engine):
         assert cache.wait_housekeeping(timeout=60)
         assert cache.flush_metrics()  # what the exit does: no folder, nothing written
         assert not folder.exists()
+
+
+def test_summary_counts_each_engine_folder_apart(tmp_path):
+    """Entries of two engines, modules and components, some with a compile time, one that
+    cannot be described: each folder's totals as one recount of the listing gives them."""
+    cache = wc.FileSystemCache(tmp_path / "c")
+    config = wasmtime.Config()
+    config.cranelift_opt_level = "none"
+    engines = [wasmtime.Engine(), wasmtime.Engine(config)]
+    for n in range(5):
+        engine = engines[n % 2]
+        wasm = _wasm(n)
+        origin = wc.Origin("m.wasm", len(wasm), 0.5 * n if n else None)
+        cache.save(wc.ModuleHash.sha256(wasm), engine, wasmtime.Module(engine, wasm), origin=origin)
+    damaged = cache.path(wc.ModuleHash.sha256(b"damaged"), engines[1])
+    damaged.write_bytes(b"not an entry")
+    damaged.chmod(0o600)
+    expected: dict[str, list[Any]] = {}
+    for found, info in cache.described():
+        total = expected.setdefault(found.engine_folder, [0, 0, 0, 0, 0.0, [], []])
+        total[0] += 1
+        total[1] += found.size
+        if info is not None:
+            total[2 if info.kind == "module" else 3] += 1
+            total[4] += info.compile_seconds or 0.0
+        total[5].append(found.last_used)
+    summary = cache.summary()
+    assert sorted(summary) == sorted(expected) and len(summary) == 2
+    for folder, (entries, size, modules, components, seconds, used, _) in expected.items():
+        assert summary[folder] == maintenance.Summary(
+            entries, size, modules, components, seconds, min(used), max(used)
+        )
+    assert sum(s.entries for s in summary.values()) == 6

@@ -6,7 +6,7 @@ pays only for the parts it touches: ``import wasmcache`` alone imports the excep
 
 from __future__ import annotations
 
-import importlib
+import sys
 from typing import TYPE_CHECKING, Any
 
 from wasmcache.errors import (
@@ -66,12 +66,18 @@ _LAZY = {
 _SUBMODULES = ("lzw",)
 
 
+def _module(name: str) -> Any:
+    """The module ``name``, imported if needed (``importlib`` itself costs an import)."""
+    __import__(name)
+    return sys.modules[name]
+
+
 def __getattr__(name: str) -> Any:
     """Import a public name (or the ``lzw`` module) the first time it is asked for."""
     if name in _SUBMODULES:
-        value: Any = importlib.import_module(f"wasmcache.{name}")
+        value: Any = _module(f"wasmcache.{name}")
     elif name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
+        value = getattr(_module(_LAZY[name]), name)
     else:
         raise AttributeError(f"module 'wasmcache' has no attribute {name!r}")
     globals()[name] = value

@@ -10,7 +10,6 @@ Components have no such export: theirs is always ``serialize()``'s copy.
 from __future__ import annotations
 
 import ctypes
-import logging
 from typing import Any, Callable, Optional
 
 import wasmtime
@@ -18,8 +17,7 @@ import wasmtime
 from wasmcache.elf import elf_length
 from wasmcache.errors import SerializeError
 from wasmcache.kinds import Compiled, of
-
-log = logging.getLogger("wasmcache")
+from wasmcache.logs import log
 
 
 def _find_image_range() -> Optional[Callable[..., Any]]:

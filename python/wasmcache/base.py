@@ -5,7 +5,6 @@ from __future__ import annotations
 import abc
 import contextlib
 import functools
-import logging
 import os
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union
@@ -25,13 +24,13 @@ from wasmcache.errors import (
 )
 from wasmcache.hashing import DEFAULT_ALGORITHM, ModuleHash
 from wasmcache.kinds import Compiled, Kind
+from wasmcache.logs import log
 
 if TYPE_CHECKING:
     from wasmcache.fallback import FallbackCache
 
 T = TypeVar("T")
 WasmSource = Union[bytes, bytearray, memoryview, str, "os.PathLike[str]"]
-log = logging.getLogger("wasmcache")
 
 
 async def _in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

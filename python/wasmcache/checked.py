@@ -23,7 +23,6 @@ entries too, so it gives nobody a power they did not have.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
@@ -31,8 +30,7 @@ from typing import Callable, Optional
 
 from wasmcache import _core, direct, entry, names, safefs
 from wasmcache.errors import CacheError
-
-log = logging.getLogger("wasmcache")
+from wasmcache.logs import log
 
 #: The most stamps a record keeps (the oldest half goes when it is full).
 MAX_STAMPS = 2048

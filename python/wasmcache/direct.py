@@ -21,20 +21,17 @@ foreign or missing record is a miss, never an error.
 from __future__ import annotations
 
 import errno
-import hashlib
-import logging
 import os
 import re
 import stat
 import threading
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from wasmcache import _core, names, safefs
 from wasmcache.errors import CacheError, SourceError, UnsafeCacheError
 from wasmcache.hashing import ModuleHash
-
-log = logging.getLogger("wasmcache")
+from wasmcache.logs import log
 
 #: A stamp younger than this (seconds) may still change within its timestamp's precision.
 RACY_SECONDS = 2.0
@@ -195,7 +192,28 @@ def stamps_trusted(fd: int, path: str) -> bool:
 #: The index log is compacted (its older half dropped) before it grows past this.
 LOG_LIMIT = 1 << 20
 #: A line of the index log: the stamp's digest, the key's algorithm, the key's digest.
-_LINE = re.compile(rb"([0-9a-f]{64}) ([a-z0-9]{1,16}) ([0-9a-f]{16,128})")
+_LINE = rb"([0-9a-f]{64}) ([a-z0-9]{1,16}) ([0-9a-f]{16,128})"
+_line: Optional[re.Pattern[bytes]] = None  # _LINE, compiled when first needed
+_sha256: Optional[Callable[[bytes], Any]] = None
+
+
+def _sha256_function() -> Callable[[bytes], Any]:
+    """SHA-256 as the interpreter has it built in (``_sha2``; ``_sha256`` before Python
+    3.12): the digests of ``hashlib.sha256``, without the import of OpenSSL that
+    ``hashlib`` costs at every start; ``hashlib``'s where the interpreter has none."""
+    global _sha256
+    if _sha256 is None:
+        for name in ("_sha2", "_sha256"):
+            try:
+                _sha256 = __import__(name).sha256
+                break
+            except (ImportError, AttributeError):
+                continue
+        else:
+            import hashlib
+
+            _sha256 = hashlib.sha256
+    return _sha256
 
 
 def _record_name(stamp: Mark, algorithm: str) -> str:
@@ -203,7 +221,8 @@ def _record_name(stamp: Mark, algorithm: str) -> str:
     lowercase hex."""
     (dev, ino, size, mtime, ctime), mount = stamp
     text = f"{algorithm}:{dev} {ino} {size} {mtime} {ctime} {mount}"
-    return hashlib.sha256(text.encode()).hexdigest()
+    digest: str = _sha256_function()(text.encode()).hexdigest()
+    return digest
 
 
 def _record_line(stamp: Mark, key: ModuleHash) -> bytes:
@@ -212,6 +231,9 @@ def _record_line(stamp: Mark, key: ModuleHash) -> bytes:
 
 def _find(log: bytes, digest: bytes, algorithm: str) -> Optional[ModuleHash]:
     """The key of the last whole, well-formed line of ``log`` for ``digest``."""
+    global _line
+    if _line is None:
+        _line = re.compile(_LINE)
     end = len(log)
     while True:
         at = log.rfind(digest, 0, end)
@@ -221,7 +243,7 @@ def _find(log: bytes, digest: bytes, algorithm: str) -> Optional[ModuleHash]:
         if at > 0 and log[at - 1 : at] != b"\n":
             continue  # inside another line
         stop = log.find(b"\n", at)
-        match = _LINE.fullmatch(log, at, stop) if stop >= 0 else None
+        match = _line.fullmatch(log, at, stop) if stop >= 0 else None
         if match is None or match.group(2).decode() != algorithm:
             continue
         try:

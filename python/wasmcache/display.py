@@ -10,7 +10,6 @@ format characters (C0, DEL, C1, line and paragraph separators, bidirectional ove
 from __future__ import annotations
 
 import os
-import unicodedata
 from typing import Union
 
 _NAMED = {"\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
@@ -20,7 +19,11 @@ _HIDDEN = {"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"}
 def _char(c: str) -> str:
     if c in _NAMED:
         return _NAMED[c]
-    if c.isprintable() or c == " " or unicodedata.category(c) not in _HIDDEN:
+    if c.isprintable() or c == " ":
+        return c
+    import unicodedata  # for the rare name that needs escaping
+
+    if unicodedata.category(c) not in _HIDDEN:
         return c
     code = ord(c)
     if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte, as os.fsdecode keeps it

@@ -15,9 +15,8 @@ artifact (what ``Module.serialize()`` writes) and an LZW stream of one (see
 
 from __future__ import annotations
 
-import json
+import functools
 import math
-import mmap
 import os
 import re
 import struct
@@ -26,7 +25,6 @@ from typing import Any, Literal, NamedTuple, Optional, Union
 
 import xxhash
 
-from wasmcache import schema
 from wasmcache.elf import ELF_HEADER_SIZE, ELF_MAGIC, elf_extent
 from wasmcache.hashing import ModuleHash
 from wasmcache.kinds import KINDS, Kind, wasmtime_version
@@ -46,11 +44,17 @@ MAX_SOURCE = 1024
 _MAX_VERSION = 64  # characters of a wasmtime version
 _MAX_SIZE = (1 << 63) - 1
 _MAX_DEPTH = 8  # nesting of JSON arrays and objects in metadata, however unknown
-_CHECKSUM = re.compile(r"[0-9a-f]{16}")
+_CHECKSUM = r"[0-9a-f]{16}"
 #: What an entry records of the name it was saved under (as the remote manifest spells it).
-_ENGINE_ID = re.compile(r"[A-Za-z0-9._-]{1,255}")
-_KEY_ALGORITHM = re.compile(r"[a-z0-9]{1,16}")
-_KEY = re.compile(r"[0-9A-F]{16,128}")
+_ENGINE_ID = r"[A-Za-z0-9._-]{1,255}"
+_KEY_ALGORITHM = r"[a-z0-9]{1,16}"
+_KEY = r"[0-9A-F]{16,128}"
+
+
+@functools.cache
+def _pattern(source: str) -> re.Pattern[str]:
+    """``source`` compiled once, when first used (compiling at import costs every start)."""
+    return re.compile(source)
 
 
 class Corrupt(Exception):
@@ -181,7 +185,7 @@ def seal(
     if key is not None and not isinstance(key, ModuleHash):
         raise TypeError(f"key must be a ModuleHash or None, not {type(key).__name__}")
     if engine_id is not None and not (
-        isinstance(engine_id, str) and _ENGINE_ID.fullmatch(engine_id)
+        isinstance(engine_id, str) and _pattern(_ENGINE_ID).fullmatch(engine_id)
     ):
         raise ValueError(f"not an engine id: {engine_id!r}")
     origin = origin or Origin()
@@ -201,6 +205,8 @@ def seal(
         meta["engine_id"] = engine_id
     if key is not None:
         meta["key_algorithm"], meta["key"] = key.algorithm, str(key)
+    import json  # imported by the writer only: a load never needs it
+
     block = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
     block += _META_LENGTH.pack(len(block))
     hasher.update(block)
@@ -270,28 +276,33 @@ def read_info(fd: int, size: int) -> Info:
     return info
 
 
-#: Bytes read from an entry's end to describe it in one read (its metadata is shorter).
-_TAIL_READ = 4096
+#: Bytes read from an entry's end to describe it in one read: the trailer, the metadata's
+#: length and metadata of up to 996 bytes (a longer one is read by :func:`read_info`).
+_TAIL_READ = 1024
+#: What follows the metadata: its length (u32) and the trailer.
+_AFTER_META = _META_LENGTH.size + TRAILER_SIZE
+#: The metadata's length and the trailer's payload length, side by side.
+_LENGTHS = struct.Struct("<IQ")
 
 
 def describe(fd: int, size: int) -> Info:
     """What :func:`inspect` (without the checksum) and then :func:`read_info` give, in
     one read of the entry's end when its metadata fits in it. Corrupt for a damaged file."""
-    n = min(size, _TAIL_READ)
-    end = size - TRAILER_SIZE - _META_LENGTH.size
+    end = size - _AFTER_META
     if end >= 0:
+        n = size if size < _TAIL_READ else _TAIL_READ
         tail = os.pread(fd, n, size - n)
-        trailer = read_trailer(tail[-TRAILER_SIZE:])
-        if len(tail) == n and trailer is not None and trailer.magic == MAGIC:
-            if trailer.payload_length != size - TRAILER_SIZE:
+        if len(tail) == n and tail.endswith(MAGIC):  # today's trailer
+            at = n - _AFTER_META  # where the metadata ends (at <= end)
+            length, payload_length = _LENGTHS.unpack_from(tail, at)
+            if payload_length != size - TRAILER_SIZE:
                 raise Corrupt(
-                    f"length mismatch: trailer says {trailer.payload_length} bytes, "
+                    f"length mismatch: trailer says {payload_length} bytes, "
                     f"file holds {size - TRAILER_SIZE}"
                 )
-            at = n - TRAILER_SIZE - _META_LENGTH.size
-            (length,) = _META_LENGTH.unpack_from(tail, at)
-            if length <= min(MAX_META, end, at):
-                info = parse_info(tail[at - length : at])
+            if length <= at and length <= MAX_META:
+                raw = tail[at - length : at]
+                info = _canonical(raw) or parse_info(raw)  # an Info is never empty
                 if info.artifact_length != end - length:
                     raise Corrupt("metadata does not describe this file")
                 return info
@@ -322,60 +333,61 @@ def _seconds(meta: dict[str, Any], name: str) -> Optional[float]:
     return None if value is None else float(value)
 
 
-_NUMBER = rb"(null|(?:0|[1-9][0-9]{0,19})(?:\.[0-9]{1,20})?(?:[eE][-+]?[0-9]{1,3})?)"
-_INTEGER = rb"(?:0|[1-9][0-9]{0,18})"
-_PLAIN = rb'(null|"[^"\\\x00-\x1f\x7f-\xff]*")'
-#: The metadata exactly as :func:`seal` writes it (sorted keys, no escapes in the
+_NUMBER = r"(?:null|((?:0|[1-9][0-9]{0,19})(?:\.[0-9]{1,20})?(?:[eE][-+]?[0-9]{1,3})?))"
+_INTEGER = r"(?:0|[1-9][0-9]{0,18})"
+
+
+def _plain(limit: int) -> str:
+    """null, or a string of at most ``limit`` characters without escapes or controls."""
+    return r'(?:null|"([^"\\\x00-\x1f\x7f]{0,' + str(limit) + r'})")'
+
+
+#: The metadata exactly as :func:`seal` writes it (sorted keys, ASCII, no escapes in the
 #: strings): read without the general parser, to the same Info. Every part is anchored
-#: and unambiguous, so a match costs one pass.
-_CANONICAL = re.compile(
-    rb'\{"artifact_checksum":"([0-9a-f]{16})","artifact_length":(' + _INTEGER + rb"),"
-    rb'"compile_seconds":' + _NUMBER + rb',"created":' + _NUMBER + rb","
-    rb'(?:"engine_id":"([A-Za-z0-9._-]{1,255})",)?'
-    rb'(?:"key":"([0-9A-F]{16,128})","key_algorithm":"([a-z0-9]{1,16})",)?'
-    rb'"kind":"(module|component)","source":' + _PLAIN + rb","
-    rb'"wasm_size":(null|' + _INTEGER + rb'),"wasmtime":' + _PLAIN + rb"\}"
+#: and unambiguous, so a match costs one pass; a field that is null matches no group.
+_CANONICAL = (
+    r'\{"artifact_checksum":"([0-9a-f]{16})","artifact_length":(' + _INTEGER + r"),"
+    r'"compile_seconds":' + _NUMBER + r',"created":' + _NUMBER + r","
+    r'(?:"engine_id":"([A-Za-z0-9._-]{1,255})",)?'
+    r'(?:"key":"([0-9A-F]{16,128})","key_algorithm":"([a-z0-9]{1,16})",)?'
+    r'"kind":"(module|component)","source":' + _plain(MAX_SOURCE) + r","
+    r'"wasm_size":(?:null|(' + _INTEGER + r')),"wasmtime":' + _plain(_MAX_VERSION) + r"\}"
 )
-
-
-def _ascii(value: Optional[bytes]) -> Optional[str]:
-    return None if value is None else value.decode("ascii")
+#: An Info from a tuple of its fields in order, without the keyword handling of Info().
+_new_info = tuple.__new__
+_canonical_pattern: Optional[re.Pattern[str]] = None  # _CANONICAL, compiled when first used
 
 
 def _canonical(raw: bytes) -> Optional[Info]:
     """The Info of metadata in :func:`seal`'s own form, or None for anything else (then
     the general parser decides)."""
-    match = _CANONICAL.fullmatch(raw)
+    global _canonical_pattern
+    if not raw.isascii():
+        return None
+    pattern = _canonical_pattern
+    if pattern is None:
+        pattern = _canonical_pattern = re.compile(_CANONICAL)
+    match = pattern.fullmatch(raw.decode("ascii"))
     if match is None:
         return None
     (digest, length, seconds, created, engine, key, algorithm, kind, source, wasm_size,
      version) = match.groups()  # fmt: skip
-    if len(source) > MAX_SOURCE + 2 or len(version) > _MAX_VERSION + 2:
-        return None
-    seconds_value = None if seconds == b"null" else float(seconds)
-    created_value = None if created == b"null" else float(created)
-    size = None if wasm_size == b"null" else int(wasm_size)
     artifact_length = int(length)
+    size = None if wasm_size is None else int(wasm_size)
+    seconds_value = None if seconds is None else float(seconds)
+    created_value = None if created is None else float(created)
     if (
         artifact_length > _MAX_SIZE
         or (size is not None and size > _MAX_SIZE)
-        or (seconds_value is not None and seconds_value == math.inf)
-        or (created_value is not None and created_value == math.inf)
+        or seconds_value == math.inf
+        or created_value == math.inf
     ):
         return None  # out of range: the general parser says why
-    return Info(
-        "module" if kind == b"module" else "component",
-        None if source == b"null" else source[1:-1].decode("ascii"),
-        size,
-        seconds_value,
-        created_value,
-        None if version == b"null" else version[1:-1].decode("ascii"),
-        artifact_length,
-        int(digest, 16),
-        _ascii(engine),
-        _ascii(algorithm),
-        _ascii(key),
-    )
+    info: Info = _new_info(
+        Info, (kind, source, size, seconds_value, created_value, version, artifact_length,
+               int(digest, 16), engine, algorithm, key),
+    )  # fmt: skip
+    return info
 
 
 def parse_info(raw: bytes) -> Info:
@@ -399,6 +411,8 @@ def parse_info_general(raw: bytes) -> Info:
     """:func:`parse_info` by the strict JSON reader (:func:`wasmcache.schema.loads`:
     UTF-8 only, one linear scan of the nesting before the parser runs) and the schema's
     checks."""
+    from wasmcache import schema  # entries in seal's own form never need it
+
     try:
         meta = schema.loads(raw, max_size=MAX_META, max_depth=_MAX_DEPTH)
     except schema.Invalid as exc:
@@ -413,7 +427,7 @@ def parse_info_general(raw: bytes) -> Info:
     if length > _MAX_SIZE or (wasm_size is not None and wasm_size > _MAX_SIZE):
         raise Corrupt("damaged metadata: a size out of range")
     digest = _text(meta, "artifact_checksum", 16, required=True)
-    if digest is None or not _CHECKSUM.fullmatch(digest):
+    if digest is None or not _pattern(_CHECKSUM).fullmatch(digest):
         raise Corrupt(f"damaged metadata: artifact_checksum {digest!r}")
     algorithm = _name(meta, "key_algorithm", _KEY_ALGORITHM)
     key = _name(meta, "key", _KEY)
@@ -434,9 +448,9 @@ def parse_info_general(raw: bytes) -> Info:
     )
 
 
-def _name(meta: dict[str, Any], name: str, pattern: re.Pattern[str]) -> Optional[str]:
+def _name(meta: dict[str, Any], name: str, pattern: str) -> Optional[str]:
     value: Optional[str] = _field(meta, name, (str,), False)
-    if value is not None and not pattern.fullmatch(value):
+    if value is not None and not _pattern(pattern).fullmatch(value):
         raise Corrupt(f"damaged metadata: {name} {value[:40]!r}")
     return value
 
@@ -461,6 +475,8 @@ def file_checksum(fd: int, length: int) -> int:
     """XXH3-64 of the first ``length`` bytes of the open file."""
     if length == 0:
         return checksum(b"")
+    import mmap  # a load whose entry was checked this boot maps nothing here
+
     # MAP_POPULATE maps the whole file in one call instead of a fault per page.
     flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
     with mmap.mmap(fd, length, flags=flags, prot=mmap.PROT_READ) as mapped:

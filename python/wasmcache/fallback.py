@@ -4,7 +4,6 @@ before a remote store)."""
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Iterator
 from typing import Optional
 
@@ -17,9 +16,8 @@ from wasmcache.entry import Origin
 from wasmcache.errors import CacheError, DeserializeError, NotFound
 from wasmcache.hashing import ModuleHash
 from wasmcache.kinds import Compiled, Kind
+from wasmcache.logs import log
 from wasmcache.metrics import Values as MetricValues
-
-log = logging.getLogger("wasmcache")
 
 
 class FallbackCache(ModuleCache):

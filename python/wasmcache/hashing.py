@@ -8,13 +8,14 @@ hit. SHA-256 keys stay loadable when asked for by name; XXH64 is for trusted sou
 from __future__ import annotations
 
 import functools
-import string
 from typing import Any, Optional, Union
 
 import xxhash
 
 Buffer = Union[bytes, bytearray, memoryview]
 
+#: What a digest given as text may hold.
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 _DIGEST_SIZES = {"xxhash": 8, "sha256": 32, "blake3": 32}
 #: The algorithm of the keys that load_or_compile and the command line compute.
 DEFAULT_ALGORITHM = "blake3"
@@ -117,7 +118,7 @@ class ModuleHash:
             expected = f"{size} hex digits for {algorithm}"
         else:
             raise ValueError(f"unknown hash algorithm {algorithm!r}")
-        if found is None or not all(c in string.hexdigits for c in text):
+        if found is None or not all(c in _HEX_DIGITS for c in text):
             raise ValueError(f"not a module hash ({expected}): {text!r}")
         return cls(found, bytes.fromhex(text))
 

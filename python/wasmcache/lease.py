@@ -24,7 +24,6 @@ starts at ``poll`` and doubles up to the quarter heartbeat.
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import os
 import random
@@ -34,8 +33,7 @@ import time
 from typing import Any, Callable, Optional
 
 from wasmcache.errors import CacheError, RemoteError, RemoteUnavailable
-
-log = logging.getLogger("wasmcache")
+from wasmcache.logs import log
 
 #: A waiter's default bound, in heartbeats (with a 1 s heartbeat: 40 s).
 WAIT_BEATS = 40

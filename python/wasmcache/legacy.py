@@ -10,7 +10,6 @@ own descriptor and removes it if wasmtime rejects it, so a bad entry costs one d
 from __future__ import annotations
 
 import errno
-import logging
 import os
 from typing import TYPE_CHECKING
 
@@ -21,11 +20,10 @@ from wasmcache.entry import Corrupt, seal
 from wasmcache.errors import FileWriteError, LZWError
 from wasmcache.hashing import ModuleHash
 from wasmcache.kinds import Compiled
+from wasmcache.logs import log
 
 if TYPE_CHECKING:
     from wasmcache.filesystem import FileSystemCache
-
-log = logging.getLogger("wasmcache")
 
 #: Bytes of a legacy entry read first, to reject what cannot be an artifact.
 _PROBE_BYTES = 4096

@@ -14,7 +14,6 @@ and a file is removed only if its name still holds the file that was checked.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import stat
 import threading
@@ -27,8 +26,7 @@ from wasmcache import entry, legacy, locks, names, safefs
 from wasmcache.entry import Corrupt
 from wasmcache.errors import CacheError, FileWriteError
 from wasmcache.hashing import ModuleHash
-
-log = logging.getLogger("wasmcache")
+from wasmcache.logs import log
 
 #: Temp files older than this (seconds) are left over from an interrupted save or download:
 #: a live one is renamed long before (a stalled download fails after its idle timeout).
@@ -248,6 +246,7 @@ def describe(
 #: Reading an entry to describe it is not a use: its access time (what prune's LRU order
 #: reads) stays as the last hit left it. Only a file's owner (or root) may ask for this.
 _NOATIME = getattr(os, "O_NOATIME", 0)
+_UNUSED_FLAGS = safefs.READ_FLAGS | _NOATIME
 
 
 def _open_unused(path: str) -> int:
@@ -255,7 +254,7 @@ def _open_unused(path: str) -> int:
     a link, never blocking), without updating its access time where the system allows."""
     if _NOATIME:
         try:
-            return os.open(path, safefs.READ_FLAGS | _NOATIME)
+            return os.open(path, _UNUSED_FLAGS)
         except PermissionError:
             pass  # not the file's owner: an ordinary open
     return os.open(path, safefs.READ_FLAGS)
@@ -333,8 +332,9 @@ class Listed(NamedTuple):
 def listed(cache: Housekeeping) -> list[Listed]:
     """Every entry with what :meth:`Housekeeping.describe` says of it, in listing order,
     without a CacheEntry each (see :meth:`Housekeeping.described`)."""
+    new = tuple.__new__  # Listed(...) without its keyword handling, once per entry
     return [
-        Listed(path, folder, name[:-4], info.st_size, info.st_atime, about)
+        new(Listed, (path, folder, name[:-4], info.st_size, info.st_atime, about))
         for path, name, folder, info, about in _described(_checked(cache))
     ]
 
@@ -360,8 +360,11 @@ def summarize(cache: Housekeeping) -> dict[str, Summary]:
     if folders is None:
         return {}
     totals: dict[str, list[Any]] = {}
+    total: list[Any] = []
+    at = None  # the engine folder of ``total`` (entries come folder by folder)
     for _path, _name, folder, info, described in _described(folders):
-        total = totals.setdefault(folder, [0, 0, 0, 0, 0.0, None, None])
+        if folder != at:
+            total, at = totals.setdefault(folder, [0, 0, 0, 0, 0.0, None, None]), folder
         total[0] += 1
         total[1] += info.st_size
         if described is not None:

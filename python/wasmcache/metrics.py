@@ -18,8 +18,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import errno
-import json
-import logging
 import math
 import os
 import re
@@ -28,10 +26,9 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Optional, Union
 
-from wasmcache import _core, locks, names, safefs, schema
+from wasmcache import _core, locks, names, safefs
 from wasmcache.errors import CacheError
-
-log = logging.getLogger("wasmcache")
+from wasmcache.logs import log
 
 Number = Union[int, float]
 #: ``{tier: {counter: value}}``: what ``cache.metrics()`` returns and the file keeps.
@@ -72,7 +69,7 @@ SECONDS = frozenset({"saved_seconds", "compile_seconds"})
 #: The metrics file is refused beyond this size (bytes).
 FILE_LIMIT = 1 << 16
 _FORMAT = "wasmcache-metrics"
-_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_METRIC_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"  # compiled by re when first used
 _VERSION = 1
 _DEPTH = 3  # the file, its counters, a tier
 _MAX_COUNT = 1 << 63
@@ -307,6 +304,8 @@ class MetricsFile:
         return self._read(group)
 
     def _read(self, group: int) -> Values:
+        from wasmcache import schema  # JSON is imported by the first read or write only
+
         try:
             fd, info = safefs.open_regular(self.path)
         except FileNotFoundError:
@@ -364,6 +363,8 @@ class MetricsFile:
             log.warning("replacing a metrics file that cannot be read: %s", exc)
             kept = {}
         total = merge((kept, delta))
+        import json
+
         text = json.dumps(
             {"format": _FORMAT, "version": _VERSION, "counters": total},
             sort_keys=True,
@@ -408,7 +409,7 @@ def prometheus_text(values: Mapping[str, Mapping[str, Number]], prefix: str = "w
     format 0.0.4: per counter a ``# HELP`` and a ``# TYPE ... counter`` line, then one
     sample per tier that has it, ``<prefix>_<counter>_total{tier="..."} <value>``. Serve it
     with the content type ``text/plain; version=0.0.4``."""
-    if not isinstance(prefix, str) or not _METRIC_NAME.fullmatch(prefix):
+    if not isinstance(prefix, str) or not re.fullmatch(_METRIC_NAME, prefix):
         raise ValueError(f"not a metric name prefix: {prefix!r}")
     lines: list[str] = []
     for name, help_text in COUNTERS.items():

@@ -20,6 +20,7 @@ and a bucket ``<prefix>/<engine id>-v<N>/<HASH>.bin`` and ``.../<HASH>.lease``.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from typing import Optional
@@ -31,13 +32,18 @@ from wasmcache.hashing import ModuleHash
 ARTIFACT_VERSION = 1
 
 _KEY = r"(?:[0-9A-F]{16}|[0-9A-F]{64})"
-_ENGINE_FOLDER = re.compile(r"[A-Za-z0-9._-]+-v[0-9]+")
-_ENTRY = re.compile(rf"({_KEY})\.bin")
-_TEMP = re.compile(
-    rf"\.(?:{_KEY}\.bin|[0-9a-f]{{64}}|records|metrics)\.[0-9]+\.[0-9a-f]{{16}}\.tmp"
-)
-_LOCK = re.compile(rf"\.{_KEY}\.lock")
-_INDEX_RECORD = re.compile(r"[0-9a-f]{64}")
+_ENGINE_FOLDER = r"[A-Za-z0-9._-]+-v[0-9]+"
+_ENTRY = rf"({_KEY})\.bin"
+_TEMP = rf"\.(?:{_KEY}\.bin|[0-9a-f]{{64}}|records|metrics)\.[0-9]+\.[0-9a-f]{{16}}\.tmp"
+_LOCK = rf"\.{_KEY}\.lock"
+_INDEX_RECORD = r"[0-9a-f]{64}"
+
+
+@functools.cache
+def _pattern(source: str) -> re.Pattern[str]:
+    """``source`` compiled once, when first used (compiling at import costs every start)."""
+    return re.compile(source)
+
 
 #: The algorithm an entry name's digest is read as, by its length (as ModuleHash.parse).
 _ALGORITHM_OF_HEX = {n: ModuleHash.parse("0" * n).algorithm for n in (16, 64)}
@@ -114,12 +120,12 @@ def object_name(prefix: str, engine_id: str, key: ModuleHash, *, lease: bool = F
 
 
 def is_engine_folder(name: str) -> bool:
-    return _ENGINE_FOLDER.fullmatch(name) is not None
+    return _pattern(_ENGINE_FOLDER).fullmatch(name) is not None
 
 
 def entry_key(name: str) -> Optional[ModuleHash]:
     """The key an entry file name stands for, or None if ``name`` is not an entry's."""
-    match = _ENTRY.fullmatch(name)
+    match = _pattern(_ENTRY).fullmatch(name)
     if match is None:
         return None
     digest = match.group(1)  # hex digits of a known length: checked by the pattern
@@ -127,16 +133,16 @@ def entry_key(name: str) -> Optional[ModuleHash]:
 
 
 def is_entry(name: str) -> bool:
-    return _ENTRY.fullmatch(name) is not None
+    return _pattern(_ENTRY).fullmatch(name) is not None
 
 
 def is_temp(name: str) -> bool:
-    return _TEMP.fullmatch(name) is not None
+    return _pattern(_TEMP).fullmatch(name) is not None
 
 
 def is_lock(name: str) -> bool:
-    return _LOCK.fullmatch(name) is not None
+    return _pattern(_LOCK).fullmatch(name) is not None
 
 
 def is_index_record(name: str) -> bool:
-    return _INDEX_RECORD.fullmatch(name) is not None
+    return _pattern(_INDEX_RECORD).fullmatch(name) is not None

@@ -162,13 +162,13 @@ def parse_number(option: str, value: Optional[str]) -> int:
     return number
 
 
-_DURATION = re.compile(r"\+?([0-9]+)(s|ms|us|\u03bcs|ns)?")
+_DURATION = r"\+?([0-9]+)(s|ms|us|\u03bcs|ns)?"  # compiled by re when first used
 _DURATION_UNITS = {None: 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "\u03bcs": 1e-6, "ns": 1e-9}
 
 
 def parse_duration(option: str, value: Optional[str]) -> float:
     """wasmtime's durations: N (seconds), Ns, Nms, Nus, Nns; as seconds."""
-    match = _DURATION.fullmatch(value or "")
+    match = re.fullmatch(_DURATION, value or "")
     if value is None or not match:
         raise ValueError(f"{option}: not a duration: {value!r} (use e.g. 2s or 500ms)")
     return int(match.group(1)) * _DURATION_UNITS[match.group(2)]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import logging
 import math
 import os
 from collections.abc import Iterable, Iterator
@@ -45,9 +44,9 @@ from wasmcache.hashing import ModuleHash
 from wasmcache.kinds import Compiled, Kind
 from wasmcache.lease import WAIT_BEATS as LEASE_WAIT_BEATS
 from wasmcache.lease import Lease
+from wasmcache.logs import log
 from wasmcache.signing import PrivateKeyLike, PublicKeyLike, Signer, Verifier
 
-log = logging.getLogger("wasmcache")
 #: The most object names a cache remembers as refused (then it starts again).
 _REFUSED_LIMIT = 1024
 
