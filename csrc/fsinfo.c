@@ -52,6 +52,12 @@ int wmc_fs_magic(const char *path, uint64_t *out_magic, int *err_no) {
 #define MOUNT_ID 0x00001000u        /* STATX_MNT_ID (Linux 5.8) */
 #define MOUNT_ID_UNIQUE 0x00004000u /* STATX_MNT_ID_UNIQUE (Linux 6.8) */
 #define EMPTY_PATH 0x1000           /* AT_EMPTY_PATH */
+/* The kernel numbers unique mount ids from 2^31 up, above every reused id. A "unique" id
+ * below that did not come from a kernel that keeps them (qemu-user 7.2 passes the mask
+ * bit through but leaves the field 0): it is reported as not unique, so the caller falls
+ * back to the rule for kernels without unique ids instead of trusting one number for
+ * every mount. */
+#define MOUNT_ID_UNIQUE_FIRST (UINT64_C(1) << 31)
 
 int wmc_mount_id(int fd, uint64_t *out_id, int *out_unique, int *err_no) {
     if (fd < 0 || out_id == NULL || out_unique == NULL || err_no == NULL)
@@ -75,7 +81,7 @@ int wmc_mount_id(int fd, uint64_t *out_id, int *out_unique, int *err_no) {
     memcpy(&mask, (const unsigned char *)buffer + STATX_MASK_AT, sizeof mask);
     if (!(mask & (MOUNT_ID | MOUNT_ID_UNIQUE))) return WMC_ERR_UNSUPPORTED;
     memcpy(out_id, (const unsigned char *)buffer + STATX_MNT_ID_AT, sizeof *out_id);
-    *out_unique = (mask & MOUNT_ID_UNIQUE) != 0;
+    *out_unique = (mask & MOUNT_ID_UNIQUE) != 0 && *out_id >= MOUNT_ID_UNIQUE_FIRST;
     return WMC_OK;
 #else
     /* No statx outside Linux (nor in headers too old to number it): no mount id; the

@@ -241,6 +241,9 @@ def test_mount_id_tells_mounts_apart(tmp_path):
         ours, theirs = _core.mount_id(here), _core.mount_id(proc)
         if ours is None:
             pytest.skip("this kernel gives no mount ids (before Linux 5.8)")
+        if ours[0] == 0 and theirs is not None and theirs[0] == 0:
+            pytest.skip("the system call's emulator leaves stx_mnt_id 0 (qemu-user 7.2)")
+        assert not ours[1] or ours[0] >= 1 << 31  # a unique id is one the kernel numbered
         assert theirs is not None and ours[0] != theirs[0]
         assert _core.mount_id(here) == ours  # stable while mounted
     finally:

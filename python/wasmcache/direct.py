@@ -127,6 +127,11 @@ def boot_id() -> str:
     return _boot
 
 
+def _major(device: int) -> int:
+    """The major number of a device (-1 where the OS has none: Windows' volume serials)."""
+    return os.major(device) if hasattr(os, "major") else -1
+
+
 def mount_of(fd: int, info: os.stat_result) -> Optional[str]:
     """What ties a stamp of the open file ``fd`` (``info``: its fstat) to the mount it
     was taken on: this boot's id and the mount's id, unique until reboot where the kernel
@@ -140,7 +145,7 @@ def mount_of(fd: int, info: os.stat_result) -> Optional[str]:
         found = None
     if found is not None and found[1]:
         return f"{boot_id()} {found[0]}"
-    if os.major(info.st_dev) in REATTACHABLE_MAJORS:
+    if _major(info.st_dev) in REATTACHABLE_MAJORS:
         return None
     return f"{boot_id()} {'-' if found is None else found[0]}r"
 
@@ -151,6 +156,8 @@ def _honest(fd: int, path: str) -> bool:
     where = f"/proc/self/fd/{fd}" if _FD_PATHS else path
     try:
         magic = _core.fs_magic(where)
+        if magic is None:  # not Linux: no filesystem type to check against the list
+            return False
         read_only = os.fstatvfs(fd).f_flag & _ST_RDONLY
     except (CacheError, OSError) as exc:
         log.debug("cannot tell which filesystem holds %s, reading it: %s", path, exc)
@@ -171,7 +178,7 @@ def trusted_mount(
         return f"{boot_id()} -r"  # forced on: trusted whatever the device
     if mount is None:
         log.debug("not trusting the stamp of %s: a %s device without unique mount ids", path,
-                  REATTACHABLE_MAJORS[os.major(info.st_dev)])  # fmt: skip
+                  REATTACHABLE_MAJORS[_major(info.st_dev)])  # fmt: skip
     return mount
 
 
