@@ -24,6 +24,7 @@ import errno
 import os
 import re
 import stat
+import sys
 import threading
 import time
 from typing import Any, Callable, Optional
@@ -52,9 +53,14 @@ TRUSTED_FILESYSTEMS: dict[int, str] = {
 
 _MEMORY_LIMIT = 4096
 _RACY_NS = int(RACY_SECONDS * 1e9)
-_FD_PATHS = os.path.isdir("/proc/self/fd")
+_FD_PATHS = sys.platform != "win32" and os.path.isdir("/proc/self/fd")
 _ST_RDONLY = getattr(os, "ST_RDONLY", 1)
-_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+_OPEN_FLAGS = (
+    os.O_RDONLY
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_BINARY", 0)
+)
 
 Stamp = tuple[int, int, int, int, int]
 #: A stamp and the mount it was taken on (see :func:`mount_of`): what records are keyed by.
@@ -153,6 +159,8 @@ def mount_of(fd: int, info: os.stat_result) -> Optional[str]:
 def _honest(fd: int, path: str) -> bool:
     """Whether the filesystem type holding ``fd`` is on the allow-list, mounted
     read-write."""
+    if sys.platform == "win32":
+        return False  # no filesystem type to go by: stamps only when direct is forced on
     where = f"/proc/self/fd/{fd}" if _FD_PATHS else path
     try:
         magic = _core.fs_magic(where)
@@ -339,7 +347,7 @@ class Index:
             with self._lock:
                 if self._seen[0] == seen:
                     return self._seen[1]
-            data = os.pread(fd, info.st_size, 0)
+            data = safefs.pread(fd, info.st_size, 0)
             if len(data) == info.st_size:
                 with self._lock:
                     self._seen = (seen, data)
@@ -394,7 +402,9 @@ class Index:
                 self._rewrite(b"", line)
                 return
             if info.st_size + len(line) > LOG_LIMIT:
-                self._rewrite(os.pread(fd, LOG_LIMIT, max(0, info.st_size - LOG_LIMIT // 2)), line)
+                self._rewrite(
+                    safefs.pread(fd, LOG_LIMIT, max(0, info.st_size - LOG_LIMIT // 2)), line
+                )
                 return
             os.write(fd, line)  # O_APPEND: one write, never interleaved with another
         finally:
@@ -424,7 +434,7 @@ class Index:
 
 _APPEND_FLAGS = (
     os.O_RDWR | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 )  # fmt: skip
 
 
@@ -507,7 +517,8 @@ def key_of_file(
         info = os.fstat(fd)
         # Opened without blocking in case it was swapped for a FIFO: whatever it turned out
         # to be, it is read blocking, as a pipe is (a FIFO is never stamped).
-        os.set_blocking(fd, True)
+        if sys.platform != "win32":  # files never block there
+            os.set_blocking(fd, True)
         mount = None
         if stat.S_ISREG(info.st_mode):
             mount = trusted_mount(fd, path, info, direct)

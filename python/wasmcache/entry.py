@@ -20,6 +20,7 @@ import math
 import os
 import re
 import struct
+import sys
 import time
 from typing import Any, Literal, NamedTuple, Optional, Union
 
@@ -28,6 +29,7 @@ import xxhash
 from wasmcache.elf import ELF_HEADER_SIZE, ELF_MAGIC, elf_extent
 from wasmcache.hashing import ModuleHash
 from wasmcache.kinds import KINDS, Kind, wasmtime_version
+from wasmcache.safefs import pread as _pread
 
 Buffer = Union[bytes, bytearray, memoryview]
 Shape = Literal["trailer", "bare", "lzw"]
@@ -233,7 +235,7 @@ def inspect(fd: int, size: int, *, verify: bool) -> Shape:
     (maybe an LZW stream: decoding decides). Raises Corrupt for anything else."""
     if size == 0:
         raise Corrupt("empty file")
-    tail = os.pread(fd, TRAILER_SIZE, size - TRAILER_SIZE) if size >= TRAILER_SIZE else b""
+    tail = _pread(fd, TRAILER_SIZE, size - TRAILER_SIZE) if size >= TRAILER_SIZE else b""
     trailer = read_trailer(tail)
     if trailer is not None:
         if trailer.payload_length != size - TRAILER_SIZE:
@@ -244,7 +246,7 @@ def inspect(fd: int, size: int, *, verify: bool) -> Shape:
         if verify and file_checksum(fd, trailer.payload_length) != trailer.checksum:
             raise Corrupt("checksum mismatch")
         return "trailer"
-    head = os.pread(fd, ELF_HEADER_SIZE, 0)
+    head = _pread(fd, ELF_HEADER_SIZE, 0)
     if head.startswith(ELF_MAGIC):
         # A bare artifact is exactly its ELF length; anything else is an entry whose
         # trailer was damaged, or a truncated file.
@@ -257,20 +259,20 @@ def inspect(fd: int, size: int, *, verify: bool) -> Shape:
 def read_info(fd: int, size: int) -> Info:
     """The description of an entry :func:`inspect` accepted: today's format carries one
     (Corrupt if it is damaged); every older shape is a module, described by the defaults."""
-    tail = os.pread(fd, TRAILER_SIZE, size - TRAILER_SIZE) if size >= TRAILER_SIZE else b""
+    tail = _pread(fd, TRAILER_SIZE, size - TRAILER_SIZE) if size >= TRAILER_SIZE else b""
     trailer = read_trailer(tail)
     if trailer is None or trailer.magic != MAGIC:
         return Info()
     end = size - TRAILER_SIZE - _META_LENGTH.size
     if end < 0:
         raise Corrupt("too short for its metadata")
-    raw_length = os.pread(fd, _META_LENGTH.size, end)
+    raw_length = _pread(fd, _META_LENGTH.size, end)
     if len(raw_length) != _META_LENGTH.size:
         raise Corrupt("file shrank while its metadata was read")
     (length,) = _META_LENGTH.unpack(raw_length)
     if length > min(MAX_META, end):
         raise Corrupt(f"metadata length {length} out of range")
-    info = parse_info(os.pread(fd, length, end - length))
+    info = parse_info(_pread(fd, length, end - length))
     if info.artifact_length != end - length:
         raise Corrupt("metadata does not describe this file")
     return info
@@ -291,7 +293,7 @@ def describe(fd: int, size: int) -> Info:
     end = size - _AFTER_META
     if end >= 0:
         n = size if size < _TAIL_READ else _TAIL_READ
-        tail = os.pread(fd, n, size - n)
+        tail = _pread(fd, n, size - n)
         if len(tail) == n and tail.endswith(MAGIC):  # today's trailer
             at = n - _AFTER_META  # where the metadata ends (at <= end)
             length, payload_length = _LENGTHS.unpack_from(tail, at)
@@ -478,8 +480,12 @@ def file_checksum(fd: int, length: int) -> int:
     import mmap  # a load whose entry was checked this boot maps nothing here
 
     # MAP_POPULATE maps the whole file in one call instead of a fault per page.
-    flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-    with mmap.mmap(fd, length, flags=flags, prot=mmap.PROT_READ) as mapped:
+    if sys.platform == "win32":
+        mapping = mmap.mmap(fd, length, access=mmap.ACCESS_READ)
+    else:
+        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+        mapping = mmap.mmap(fd, length, flags=flags, prot=mmap.PROT_READ)
+    with mapping as mapped:
         view = memoryview(mapped)
         try:
             return checksum(view)

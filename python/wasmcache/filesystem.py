@@ -4,8 +4,8 @@ by mmap."""
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -28,13 +28,23 @@ from wasmcache.errors import (
 )
 from wasmcache.hashing import ModuleHash
 from wasmcache.kinds import Compiled, Kind
+from wasmcache.logs import log
 from wasmcache.metrics import Values as MetricValues
 
-log = logging.getLogger("wasmcache")
-
-# Loading through /proc/self/fd/N maps exactly the file that was checked, even if another
-# process renames a new entry over the path in between.
-_FD_PATHS = os.path.isdir("/proc/self/fd")
+# Loading through the open descriptor's own path maps exactly the file that was checked,
+# even if another process renames a new entry over the path in between: /proc/self/fd/N
+# on Linux, /dev/fd/N on macOS (opening it duplicates the descriptor). Windows has no such
+# path; there the entry is held open without delete sharing while it is checked and
+# mapped, so nobody can rename over the path or remove it meanwhile (safefs.open_regular).
+_FD_DIR: Optional[str]
+if sys.platform == "win32":  # (under Wine, /proc names the host's, not this process's)
+    _FD_DIR = None
+elif os.path.isdir("/proc/self/fd"):
+    _FD_DIR = "/proc/self/fd"
+elif sys.platform == "darwin" and os.path.isdir("/dev/fd"):
+    _FD_DIR = "/dev/fd"
+else:
+    _FD_DIR = None
 
 
 class FileSystemCache(maintenance.Housekeeping, ModuleCache):
@@ -169,12 +179,16 @@ class FileSystemCache(maintenance.Housekeeping, ModuleCache):
                 kinds.check(kind, described.kind, path)
                 if shape == "lzw":
                     artifact = legacy.decode(fd, info.st_size, self.legacy_max_bytes)
+                    if sys.platform == "win32":
+                        fd = _closed(fd)  # Windows renames over no file open without delete sharing
                     module = legacy.migrate(self, key, engine, path, artifact)
                     self._counters.hit(info.st_size)
                     return module
                 module = _deserialize(engine, path, fd, described.kind)
                 maintenance.record_use(fd, info, self.touch_interval)
             except Corrupt as exc:
+                if sys.platform == "win32":
+                    fd = _closed(fd)  # Windows removes no file open without delete sharing
                 safefs.discard(path, info)
                 self._counters.add("corrupt_removed")
                 self._counters.miss()
@@ -186,7 +200,8 @@ class FileSystemCache(maintenance.Housekeeping, ModuleCache):
                     f"cannot read cache entry {path}: {exc.strerror}", path, exc.errno
                 ) from exc
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
         log.debug("hit %s at %s", key, path)
         self._counters.hit(info.st_size, described.compile_seconds)
         metrics.note_loaded(info.st_size, described.compile_seconds)
@@ -246,7 +261,8 @@ class FileSystemCache(maintenance.Housekeeping, ModuleCache):
             try:
                 for chunk in chunks:
                     safefs.write_all(fd, memoryview(chunk))
-                size = os.fstat(fd).st_size
+                written = os.fstat(fd)
+                size = written.st_size
                 if entry.inspect(fd, size, verify=verify) != "trailer":
                     raise Corrupt("not an entry in wasmcache's format")
                 described = entry.read_info(fd, size)
@@ -254,16 +270,20 @@ class FileSystemCache(maintenance.Housekeeping, ModuleCache):
                 found = described.kind
                 if self.fsync:
                     os.fsync(fd)
-                os.rename(temp, path)
+                mapped = _place(temp, path)
             except OSError as exc:
                 raise FileWriteError(
                     f"cannot write cache entry {path}: {exc.strerror}", path, exc.errno
                 ) from exc
             kinds.check(kind, found, path)
-            module = _deserialize(engine, path, fd, found)
+            if sys.platform == "win32":
+                fd = _hold_for_mapping(fd, written, mapped)
+            module = _deserialize(engine, mapped, fd, found)
         except Corrupt as exc:
             # Renamed into place only to be rejected by wasmtime: remove it there.
             placed = safefs.same_file(path, os.fstat(fd))
+            if sys.platform == "win32":
+                fd = _closed(fd)  # Windows removes no file open without delete sharing
             safefs.unlink_quietly(path if placed else temp)
             raise DeserializeError(f"received a corrupt entry for {key}: {exc}") from (
                 exc.__cause__
@@ -272,7 +292,8 @@ class FileSystemCache(maintenance.Housekeeping, ModuleCache):
             safefs.unlink_quietly(temp)
             raise
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
         log.debug("received %s (%d bytes) at %s", key, size, path)
         self._counters.add("bytes_written", size)
         metrics.note_loaded(size, described.compile_seconds)
@@ -367,8 +388,49 @@ def _check_name(described: entry.Info, key: ModuleHash, engine: wasmtime.Engine)
         raise Corrupt(f"its metadata does not name this entry: {other}")
 
 
+def _closed(fd: int) -> int:
+    """Close ``fd`` early; -1 stands for it closed."""
+    os.close(fd)
+    return -1
+
+
+def _place(temp: str, path: str) -> str:
+    """Rename the received ``temp`` over ``path``; return the path to map. On Windows a
+    file at ``path`` that is mapped, or open without delete sharing, cannot be replaced:
+    the entry there stays, and the temp file is mapped instead (removed as a stale temp
+    file once nothing maps it)."""
+    if sys.platform != "win32":
+        os.rename(temp, path)
+        return path
+    try:
+        os.replace(temp, path)
+    except PermissionError:
+        if not safefs.is_regular(path):
+            raise
+        log.debug("%s is in use: not replaced now, its download is loaded from %s", path, temp)
+        return temp
+    return path
+
+
+def _hold_for_mapping(fd: int, written: os.stat_result, where: str) -> int:
+    """Windows: the received file at ``where`` (open for writing as ``fd``, which is
+    closed; ``written``: its fstat before the rename, as a handle's volume may not be
+    told after it) open again as :func:`safefs.open_regular` opens it: read-only, so
+    wasmtime can open it to map, and without delete sharing, so nobody renames over it
+    before it is mapped. Corrupt (the file kept) if another file took its place first."""
+    try:
+        held, info = safefs.open_regular(where)
+    except (OSError, FileReadError) as exc:
+        raise Corrupt(f"it was replaced before it could be loaded: {exc}") from None
+    if (info.st_dev, info.st_ino) != (written.st_dev, written.st_ino):
+        os.close(held)
+        raise Corrupt("it was replaced before it could be loaded")
+    os.close(fd)
+    return held
+
+
 def _deserialize(engine: wasmtime.Engine, path: str, fd: int, kind: Kind) -> Compiled:
-    source = f"/proc/self/fd/{fd}" if _FD_PATHS else path
+    source = path if _FD_DIR is None else f"{_FD_DIR}/{fd}"
     try:
         return kinds.deserialize_file(engine, source, kind)
     except wasmtime.WasmtimeError as exc:

@@ -10,7 +10,6 @@ own descriptor and removes it if wasmtime rejects it, so a bad entry costs one d
 from __future__ import annotations
 
 import errno
-import os
 from typing import TYPE_CHECKING
 
 import wasmtime
@@ -21,6 +20,7 @@ from wasmcache.errors import FileWriteError, LZWError
 from wasmcache.hashing import ModuleHash
 from wasmcache.kinds import Compiled
 from wasmcache.logs import log
+from wasmcache.safefs import pread as safefs_pread
 
 if TYPE_CHECKING:
     from wasmcache.filesystem import FileSystemCache
@@ -40,7 +40,7 @@ def decode(fd: int, size: int, max_bytes: int) -> memoryview:
     try:
         # The stream's first bytes decide whether it can be an artifact at all (64 bytes
         # of ELF header come from at most 96 bytes of codes): garbage costs one small read.
-        head = os.pread(fd, min(size, _PROBE_BYTES), 0)
+        head = safefs_pread(fd, min(size, _PROBE_BYTES), 0)
         if len(head) < size:
             try:
                 _core.lzw_decode_view(head, max_bytes, expect_elf=True).release()
@@ -78,7 +78,7 @@ def _read_all(fd: int, size: int) -> bytes:
     chunks = []
     offset = 0
     while offset < size:
-        chunk = os.pread(fd, min(size - offset, 1 << 30), offset)
+        chunk = safefs_pread(fd, min(size - offset, 1 << 30), offset)
         if not chunk:
             raise OSError(errno.EIO, "file shrank while being read")
         chunks.append(chunk)

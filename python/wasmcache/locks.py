@@ -6,6 +6,11 @@ file it locked, so a lock stays a lock while files are removed around it. The ho
 compile lock removes its file when it releases it (still holding the flock), so a key's
 lock file exists only while someone compiles it.
 
+On Windows the lock is LockFileEx's exclusive lock of the file's first byte (the lock files
+are empty), also released by the OS when its holder dies; msvcrt.locking is not used,
+since its blocking form gives up after ten seconds. Lock files are opened with delete
+sharing there, so the holder can unlink one that others wait on.
+
 Work that must not run while this thread holds a compile lock (housekeeping) is handed
 to :func:`after_release`: it runs at once when no compile lock is held, else as soon as
 the last one is released."""
@@ -13,14 +18,15 @@ the last one is released."""
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
+import sys
 import threading
 import weakref
 from collections.abc import Iterator
 from typing import Callable, Optional
 
 from wasmcache.errors import UnsafeCacheError
+from wasmcache.logs import log
 from wasmcache.safefs import open_lock, same_file
 
 try:
@@ -28,7 +34,11 @@ try:
 except ImportError:  # pragma: no cover - not POSIX
     fcntl = None  # type: ignore[assignment]
 
-log = logging.getLogger("wasmcache")
+if sys.platform == "win32":
+    from wasmcache import winsec
+#: Whether this platform has file locks (flock, or LockFileEx on Windows).
+_FILE_LOCKS = fcntl is not None or sys.platform == "win32"
+
 
 #: Times a lock is taken again because its file was replaced while waiting for it.
 _ATTEMPTS = 100
@@ -123,18 +133,37 @@ def _open(path: str, *, create: bool, shared_group: bool, group: Optional[int]) 
         return None  # no folder, read-only cache, or a planted link: no file lock
 
 
+def _lock(fd: int, *, block: bool) -> None:
+    """Take the exclusive lock of ``fd``; BlockingIOError if another holds it and
+    ``block`` is False, another OSError if the file cannot be locked."""
+    if sys.platform == "win32":
+        if not winsec.lock(fd, block=block):
+            raise BlockingIOError(11, "held by another process")
+        return
+    assert fcntl is not None
+    fcntl.flock(fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+
+
+def _close(fd: int) -> None:
+    """Close a lock file's fd, which releases its lock (on Windows released first:
+    Windows frees the locks of a closed handle only when it gets to it)."""
+    if sys.platform == "win32":
+        with contextlib.suppress(OSError):  # not locked by this fd
+            winsec.unlock(fd)
+    os.close(fd)
+
+
 def _locked_fd(
     path: str, *, block: bool, shared_group: bool, group: Optional[int]
 ) -> Optional[int]:
     """An fd of ``path`` holding its exclusive flock, or None if the lock cannot be had
     (held by another, with ``block`` False; or no lock file possible)."""
-    assert fcntl is not None
     for _ in range(_ATTEMPTS):
         fd = _open(path, create=True, shared_group=shared_group, group=group)
         if fd is None:
             return None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+            _lock(fd, block=block)
         except BlockingIOError:
             os.close(fd)
             return None
@@ -144,7 +173,7 @@ def _locked_fd(
             return None
         if same_file(path, os.fstat(fd)):
             return fd
-        os.close(fd)  # removed or replaced while we waited: lock the file there now
+        _close(fd)  # removed or replaced while we waited: lock the file there now
     log.warning("%s keeps changing while it is locked: not locking it", path)
     return None
 
@@ -165,7 +194,7 @@ def file_lock(
     the file at the path instead (see :func:`_locked_fd`)."""
     fd = (
         _locked_fd(path, block=True, shared_group=shared_group, group=group)
-        if fcntl is not None
+        if _FILE_LOCKS
         else None
     )
     try:
@@ -174,7 +203,7 @@ def file_lock(
         if fd is not None:
             if remove:
                 _unlink_held(path, fd)
-            os.close(fd)  # closing releases the lock
+            _close(fd)  # closing releases the lock
 
 
 def _unlink_held(path: str, fd: int) -> None:
@@ -196,7 +225,7 @@ def try_file_lock(
 ) -> Iterator[bool]:
     """Take an exclusive flock on ``path`` if nobody holds it; yields whether it did.
     ``remove`` as for :func:`file_lock`."""
-    if fcntl is None:
+    if not _FILE_LOCKS:
         yield True
         return
     fd = _locked_fd(path, block=False, shared_group=shared_group, group=group)
@@ -206,20 +235,20 @@ def try_file_lock(
         if fd is not None:
             if remove:
                 _unlink_held(path, fd)
-            os.close(fd)
+            _close(fd)
 
 
 def remove_if_free(path: str, *, shared_group: bool = False, group: Optional[int] = None) -> bool:
     """Unlink the lock file ``path`` if nobody holds it (taking its lock first); return
     whether it was removed. A file that breaks the rule is not a lock: left alone."""
-    if fcntl is None:
+    if not _FILE_LOCKS:
         return False
     fd = _open(path, create=False, shared_group=shared_group, group=group)
     if fd is None:
         return False
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _lock(fd, block=False)
         except OSError:
             return False
         if not same_file(path, os.fstat(fd)):
@@ -229,4 +258,4 @@ def remove_if_free(path: str, *, shared_group: bool = False, group: Optional[int
     except OSError:
         return False
     finally:
-        os.close(fd)
+        _close(fd)

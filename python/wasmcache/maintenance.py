@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -113,6 +114,8 @@ def record_use(fd: int, info: os.stat_result, interval: float) -> None:
     now = time.time()
     if now - info.st_atime >= interval:
         with contextlib.suppress(OSError):
+            if sys.platform == "win32":
+                return  # no utime of a descriptor there; NTFS keeps access times itself
             os.utime(fd, (now, info.st_mtime))
 
 
@@ -655,7 +658,10 @@ def _touch(path: str, *, shared_group: bool, group: Optional[int]) -> None:
     """Create ``path`` or set its times to now, never through a link, under the rule."""
     fd = safefs.open_lock(path, shared_group=shared_group, group=group, what="prune stamp")
     try:
-        os.utime(fd)
+        if sys.platform == "win32":
+            os.utime(path)  # no utime of a descriptor there; the file was just checked
+        else:
+            os.utime(fd)
     finally:
         os.close(fd)
 

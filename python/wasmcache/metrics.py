@@ -322,7 +322,7 @@ class MetricsFile:
                 raise BadMetrics(str(exc)) from None
             if info.st_size > FILE_LIMIT:
                 raise BadMetrics(f"{self.path} is larger than {FILE_LIMIT} bytes")
-            raw = os.pread(fd, FILE_LIMIT + 1, 0)
+            raw = safefs.pread(fd, FILE_LIMIT + 1, 0)
         finally:
             os.close(fd)
         try:  # strict UTF-8, nesting measured before parsing, no NaN, no key twice

@@ -15,6 +15,12 @@ group (the ACL's mask shows as the group bits, so the mode would hide who else c
 Everyone in G can then put native code into every member's processes. What wasmcache
 creates there is made the group's: folders 2770 in G without inherited ACLs, entries
 group-readable, lock and stamp files group-writable.
+
+On Windows the owner is a SID and who may write is a DACL (:mod:`wasmcache.winsec` has
+the rule); ``shared_group`` does not exist there. An entry is opened without delete
+sharing, so nobody can rename over it or remove it while it is checked and mapped; a
+file that cannot be replaced or removed because it is open or mapped elsewhere is kept
+and tried again later.
 """
 
 from __future__ import annotations
@@ -22,25 +28,35 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-import logging
 import os
 import stat
 import struct
+import sys
 from typing import Callable, Optional, Union
 
 from wasmcache import _core, names
 from wasmcache.errors import FileReadError, FileWriteError, UnsafeCacheError, UnsafeEntryError
+from wasmcache.logs import log
 
-log = logging.getLogger("wasmcache")
+if sys.platform == "win32":
+    from wasmcache import winsec
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+# Windows' C runtime translates line ends in a descriptor not opened binary.
+_BINARY = getattr(os, "O_BINARY", 0)
 #: Flags of every read of a file in a cache folder.
-READ_FLAGS = os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | _CLOEXEC
+READ_FLAGS = os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | _CLOEXEC | _BINARY
 #: Flags of every file wasmcache creates there (a name that exists is never opened).
-CREATE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC
+CREATE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC | _BINARY
 #: Flags of lock files (created if missing, shared by every process, never a link).
-LOCK_FLAGS = os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC
+LOCK_FLAGS = os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC | _BINARY
+#: Windows: the attribute of a link or junction (a reparse point).
+_REPARSE_POINT = 0x400
+
+
+def _is_reparse_point(info: os.stat_result) -> bool:
+    return bool(getattr(info, "st_file_attributes", 0) & _REPARSE_POINT)
 
 
 def _kind(mode: int) -> str:
@@ -59,10 +75,28 @@ def _kind(mode: int) -> str:
 
 def open_regular(path: str) -> tuple[int, os.stat_result]:
     """Open an existing regular file for reading. FileNotFoundError if nothing is there;
-    FileReadError at once for a link, FIFO, device, socket or folder."""
+    FileReadError at once for a link, FIFO, device, socket or folder. On Windows the
+    file is held without delete sharing until it is closed: nobody can rename another
+    file over the path or remove it meanwhile, so a mapping of the path is of the file
+    checked (so it is removed only after it is closed)."""
     try:
-        fd = os.open(path, READ_FLAGS)
-    except FileNotFoundError:
+        if sys.platform == "win32":
+            fd = winsec.open_fd(
+                path,
+                access=winsec.GENERIC_READ,
+                # Not FILE_SHARE_DELETE: no rename over it or removal while it is open.
+                # Write sharing as the rule allows: only the user may write it anyway.
+                share=winsec.FILE_SHARE_READ | winsec.FILE_SHARE_WRITE,
+                disposition=winsec.OPEN_EXISTING,
+                flags=winsec.FILE_FLAG_BACKUP_SEMANTICS,  # a folder opens, to be named one
+            )
+        else:
+            fd = os.open(path, READ_FLAGS)
+    except FileNotFoundError as exc:
+        if sys.platform == "win32" and _file_in_the_way(path):
+            # Windows says "path not found" where POSIX says ENOTDIR.
+            message = f"cannot open {path}: a file is in the way of its folder (Not a directory)"
+            raise FileReadError(message, path, errno.ENOTDIR) from exc
         raise
     except OSError as exc:
         if exc.errno == errno.ELOOP:
@@ -72,10 +106,35 @@ def open_regular(path: str) -> tuple[int, os.stat_result]:
             raise FileReadError(message, path, exc.errno) from exc
         raise FileReadError(f"cannot open {path}: {exc.strerror}", path, exc.errno) from exc
     info = os.fstat(fd)
+    if sys.platform == "win32" and winsec.fd_attributes(fd) & _REPARSE_POINT:
+        os.close(fd)  # opened itself, not followed
+        raise FileReadError(f"{path} is a link (a reparse point)", path)
     if not stat.S_ISREG(info.st_mode):
         os.close(fd)
         raise FileReadError(f"{path} is {_kind(info.st_mode)}, not a cache file", path)
     return fd, info
+
+
+def _file_in_the_way(path: str) -> bool:
+    """Whether the nearest existing folder above ``path`` is in fact not a folder."""
+    parent = os.path.dirname(path)
+    while parent and parent != os.path.dirname(parent):
+        try:
+            return not stat.S_ISDIR(os.lstat(parent).st_mode)
+        except FileNotFoundError:
+            parent = os.path.dirname(parent)
+        except OSError:
+            return False
+    return False
+
+
+def pread(fd: int, size: int, offset: int) -> bytes:
+    """At most ``size`` bytes of the open file ``fd`` from ``offset`` (fewer only at its
+    end), without using or moving its position where the platform allows (os.pread;
+    Windows: ReadFile at an offset)."""
+    if sys.platform == "win32":
+        return winsec.pread(fd, size, offset)
+    return os.pread(fd, size, offset)
 
 
 def _owner_ok(info: os.stat_result) -> bool:
@@ -120,6 +179,14 @@ def group_setting(shared_group: object) -> tuple[bool, Optional[int]]:
     """A cache's ``shared_group`` argument as (shared, the gid it names): False (private),
     True (the cache folder's own group), or a group name or gid that the cache folder must
     carry. TypeError for another type, ValueError for an unknown name or a negative gid."""
+    if sys.platform == "win32" and shared_group is not False:
+        if not isinstance(shared_group, (bool, int, str)):
+            raise TypeError(
+                "shared_group must be a bool, a group name or a gid, not "
+                f"{type(shared_group).__name__}"
+            )
+        # Windows has no POSIX groups to trust; whom a folder lets write is its DACL.
+        raise ValueError("shared_group needs POSIX groups, which Windows does not have")
     if isinstance(shared_group, bool):
         return shared_group, None
     if isinstance(shared_group, int):
@@ -246,6 +313,8 @@ def folder_info(
     path: str, *, shared_group: bool = False, group: Optional[int] = None, exact: bool = False
 ) -> Optional[os.stat_result]:
     """:func:`check_folder`, returning the folder's lstat (None: no folder there)."""
+    if sys.platform == "win32":
+        return _windows_folder_info(path)
     try:
         info = os.lstat(path)
     except (FileNotFoundError, NotADirectoryError):
@@ -278,6 +347,42 @@ def folder_info(
         f"in this process. Fix: {fix}",
         path,
     )
+
+
+#: What a Windows folder or file that breaks the rule should become: the user, SYSTEM and
+#: Administrators alone may write it (what Python's mkdir gives a 0700 folder there).
+_WINDOWS_FIX = (
+    'icacls "{path}" /inheritance:r /grant:r "%USERNAME%:(OI)(CI)F" "*S-1-5-18:(OI)(CI)F" '
+    '"*S-1-5-32-544:(OI)(CI)F"'
+)
+
+
+if sys.platform == "win32":
+
+    def _windows_folder_info(path: str) -> Optional[os.stat_result]:
+        """:func:`folder_info` on Windows: the owner SID and DACL of the folder, opened
+        without following a link or junction (:func:`winsec.folder_problem`)."""
+        try:
+            info = os.lstat(path)
+            if not (stat.S_ISDIR(info.st_mode) or _is_reparse_point(info)):
+                return None
+            reason = winsec.folder_problem(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise UnsafeCacheError(f"cannot check {path}: {exc.strerror}", path, exc.errno) from exc
+        if reason is None:
+            return info
+        if reason.startswith("is a link"):
+            fix = f"replace it by a real folder: rmdir {path}"
+        else:
+            fix = "use a folder of your own, or let only you, SYSTEM and Administrators write it: "
+            fix += _WINDOWS_FIX.format(path=path)
+        raise UnsafeCacheError(
+            f"refusing cache folder {path}: it {reason}; anyone who can write it could run code "
+            f"in this process. Fix: {fix}",
+            path,
+        )
 
 
 def check_folder(
@@ -319,6 +424,9 @@ def check_entry(
         problem = f"is {_kind(info.st_mode)}", "rm {path}"
     elif info.st_nlink > 1:  # 0: replaced since it was opened; no name reaches it now
         problem = f"has {info.st_nlink} links (another name could change it)", "rm {path}"
+    elif sys.platform == "win32":
+        reason = _windows_file_problem(path, info, fd)
+        problem = None if reason is None else (reason, "")
     else:
         if shared_group and group is None:
             group = _parent_group(path)
@@ -330,10 +438,36 @@ def check_entry(
             problem = None if acl is None else (acl, "setfacl -b {path}")
     if problem is None:
         return
-    fix = f"remove it (rm {path})"
+    fix = f"remove it ({'del' if sys.platform == 'win32' else 'rm'} {path})"
     if what == "cache entry":
         fix += " or run `wasmcache verify --fix`"
     raise UnsafeEntryError(f"refusing {what} {path}: it {problem[0]}. Fix: {fix}", path)
+
+
+if sys.platform == "win32":
+
+    def _windows_file_problem(path: str, info: os.stat_result, fd: Optional[int]) -> Optional[str]:
+        """Why a Windows file breaks the rule: a link, or its owner SID or DACL (read from
+        ``fd`` when given, else from the file at ``path`` opened without following it)."""
+        if _is_reparse_point(info):
+            return "is a link (a reparse point)"
+        if fd is not None:
+            return winsec.fd_problem(fd)
+        try:
+            opened = winsec.open_fd(
+                path,
+                access=winsec.READ_CONTROL | winsec.FILE_READ_ATTRIBUTES,
+                share=winsec.FILE_SHARE_READ | winsec.FILE_SHARE_WRITE | winsec.FILE_SHARE_DELETE,
+                disposition=winsec.OPEN_EXISTING,
+            )
+        except OSError as exc:
+            return f"cannot be checked ({exc.strerror})"
+        try:
+            if (os.fstat(opened).st_dev, os.fstat(opened).st_ino) != (info.st_dev, info.st_ino):
+                return "was replaced while it was checked"
+            return winsec.fd_problem(opened)
+        finally:
+            os.close(opened)
 
 
 def _share(fd: int, bits: int) -> None:
@@ -393,6 +527,15 @@ def same_file(path: str, opened: os.stat_result) -> bool:
         current = os.lstat(path)
     except OSError:
         return False
+    if sys.platform == "win32" and opened.st_ino == 0 and opened.st_dev == 0:
+        # A listing's stat on Windows (os.scandir) carries no file id: the same size,
+        # modification time and attributes stand for the same file. A file renamed into
+        # place since has another modification time unless written in the same tick.
+        return (current.st_size, current.st_mtime_ns, current.st_file_attributes) == (
+            opened.st_size,
+            opened.st_mtime_ns,
+            opened.st_file_attributes,
+        )
     return (current.st_dev, current.st_ino) == (opened.st_dev, opened.st_ino)
 
 
@@ -406,11 +549,21 @@ def remove_checked(path: str, checked: os.stat_result) -> bool:
         os.unlink(path)
     except FileNotFoundError:
         return False
+    except PermissionError as exc:
+        # Windows removes no file that is mapped (access denied), or open without delete
+        # sharing (a sharing violation: being checked or loaded): it stays, and the next
+        # prune or load tries again.
+        if sys.platform != "win32" or getattr(exc, "winerror", None) not in (5, 32):
+            raise
+        log.debug("%s is in use: not removed now", path)
+        return False
     return True
 
 
 def discard(path: str, opened: os.stat_result) -> None:
-    """Remove a corrupt file, unless another writer has replaced it meanwhile."""
+    """Remove a corrupt file, unless another writer has replaced it meanwhile (on Windows
+    only once this process has closed it; one mapped or open elsewhere stays, to be
+    removed by a later load or prune)."""
     try:
         remove_checked(path, opened)
     except OSError as exc:
@@ -442,7 +595,7 @@ def read_at_most(
         check_entry(path, info, shared_group=shared_group, group=group, fd=fd)
         if info.st_size > limit:
             return None
-        return os.pread(fd, limit + 1, 0)
+        return pread(fd, limit + 1, 0)
     except (OSError, UnsafeCacheError):
         return None
     finally:
@@ -467,7 +620,17 @@ def open_lock(
     if not create:
         flags &= ~os.O_CREAT
     try:
-        fd = os.open(path, flags, 0o660 if shared_group else 0o600)
+        if sys.platform == "win32":
+            # Shared for delete: the holder of a lock removes its file while waiters hold
+            # it open (see locks.file_lock).
+            fd = winsec.open_fd(
+                path,
+                access=winsec.GENERIC_READ | winsec.GENERIC_WRITE,
+                share=winsec.FILE_SHARE_READ | winsec.FILE_SHARE_WRITE | winsec.FILE_SHARE_DELETE,
+                disposition=winsec.OPEN_ALWAYS if create else winsec.OPEN_EXISTING,
+            )
+        else:
+            fd = os.open(path, flags, 0o660 if shared_group else 0o600)
     except PermissionError:
         if not shared_group:
             raise
@@ -496,7 +659,7 @@ def create_temp(
     for attempt in range(CREATE_ATTEMPTS):
         temp = names.temp_path(path)
         try:
-            fd = os.open(temp, CREATE_FLAGS, 0o644)
+            fd = _create_new(temp)
         except FileExistsError:
             continue
         except FileNotFoundError as exc:
@@ -516,6 +679,21 @@ def create_temp(
                 raise _write_error(path, exc) from exc
         return temp, fd
     raise FileWriteError(f"cannot write {path}: no free temp name", path, errno.EEXIST)
+
+
+def _create_new(temp: str) -> int:
+    """A new file at ``temp`` (never an existing name or a link), open for writing."""
+    if sys.platform == "win32":
+        # Shared for delete, so it can be renamed into place while still open; nobody
+        # else may write it meanwhile.
+        return winsec.open_fd(
+            temp,
+            access=winsec.GENERIC_READ | winsec.GENERIC_WRITE,
+            share=winsec.FILE_SHARE_READ | winsec.FILE_SHARE_DELETE,
+            disposition=winsec.CREATE_NEW,
+            flags=winsec.FILE_ATTRIBUTE_NORMAL,
+        )
+    return os.open(temp, CREATE_FLAGS, 0o644)
 
 
 def _write_error(path: str, exc: OSError) -> FileWriteError:
@@ -546,6 +724,23 @@ def shared_file_mode() -> int:
     return (0o644 & ~_umask()) | stat.S_IRGRP
 
 
+def _in_use(path: str, exc: FileWriteError) -> bool:
+    """Whether a failed write on Windows was the rename over a file in use: access
+    denied while a file is at the entry's path."""
+    if sys.platform != "win32":
+        return False
+    return exc.errno in (errno.EACCES, errno.EPERM, errno.EBUSY) and is_regular(path)
+
+
+def is_regular(path: str) -> bool:
+    """Whether a regular file (not followed) is at ``path``: what Windows may refuse to
+    replace because it is in use (a folder there is another failure)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 def write_file(
     path: str,
     payload: _core.Buffer,
@@ -570,6 +765,11 @@ def write_file(
         except FileWriteError as exc:
             if exc.errno == errno.ENOTDIR and isinstance(exc.__cause__, OSError):
                 raise _write_error(path, exc.__cause__) from exc.__cause__
+            if _in_use(path, exc):
+                # Windows replaces no file that is mapped, or open without delete sharing
+                # (being loaded): the entry there stays, and a later save replaces it.
+                log.debug("%s is in use: not replaced now", path)
+                return
             if last or exc.errno not in (errno.EEXIST, errno.ENOENT):
                 raise
             if exc.errno == errno.EEXIST:
