@@ -76,6 +76,46 @@ def call_add(engine: wasmtime.Engine, module: wasmtime.Module, a: int = 2, b: in
     return add(store, a, b)
 
 
+# -- Windows, and Windows under Wine: skip what the platform itself lacks ------------------
+
+WINDOWS = sys.platform == "win32"
+
+
+def windows_lacks(what: str) -> pytest.MarkDecorator:
+    """Skip on Windows, naming the POSIX piece Windows lacks (the test checks that piece)."""
+    return pytest.mark.skipif(WINDOWS, reason=f"Windows: {what}")
+
+
+def set_dacl(path: Path, sddl: str) -> None:
+    """Give ``path`` the DACL written in SDDL (Windows: SetFileSecurityW)."""
+    import ctypes
+    from ctypes import wintypes
+
+    advapi = ctypes.WinDLL("advapi32", use_last_error=True)  # type: ignore[attr-defined]
+    convert = advapi.ConvertStringSecurityDescriptorToSecurityDescriptorW
+    convert.argtypes = [
+        wintypes.LPCWSTR, wintypes.DWORD, ctypes.POINTER(wintypes.LPVOID), wintypes.LPVOID,
+    ]  # fmt: skip
+    apply = advapi.SetFileSecurityW
+    apply.argtypes = [wintypes.LPCWSTR, wintypes.DWORD, wintypes.LPVOID]
+    descriptor = wintypes.LPVOID()
+    assert convert(sddl, 1, ctypes.byref(descriptor), None), ctypes.get_last_error()
+    assert apply(str(path), 4, descriptor), ctypes.get_last_error()  # DACL_SECURITY_INFORMATION
+
+
+def open_to_everyone(path: Path) -> None:
+    """Let every user write the folder ``path``: mode 0777, or on Windows a DACL granting
+    Everyone full control."""
+    if WINDOWS:
+        set_dacl(path, "D:(A;OICI;FA;;;WD)")
+    else:
+        os.chmod(path, 0o777)
+
+
+#: How the refusal of a folder others can write tells how to fix it.
+PRIVATE_HINT = "icacls" if WINDOWS else "chmod 700"
+
+
 # -- Windows under Wine: skip what Wine itself cannot do ----------------------------------
 
 #: Wine's missing pieces, and the tests that need them (node id prefixes): tests whose
@@ -85,10 +125,22 @@ WINE_MISSING: dict[str, tuple[str, ...]] = {
     "deserialize_file cannot map read-only (a hit is taken for a miss)": (
         "tests/test_runtime.py::test_load_or_compile_miss_then_hit",
         "tests/test_runtime.py::test_concurrent_misses_compile_once_across_processes",
+        "tests/test_metrics.py::test_a_miss_a_compile_and_a_hit_are_counted",
+        "tests/test_metrics.py::test_a_stack_sums_its_parts_and_memory_hits_save_the_recorded",
+        "tests/test_metrics.py::test_stats_sums_the_counters_of_two_processes",
+        "tests/test_metrics.py::test_a_bad_metrics_file_is_refused_and_then_replaced",
+        "tests/test_metrics.py::test_a_hit_costs_no_file_work",
+        "tests/test_logs.py::test_the_command_shows_warnings_and_debug_lines_in_its_format",
+        "tests/test_trust.py::test_an_explicit_xxh64_key_is_the_callers_choice",
     ),
     "its symbolic links are stubs": (
         "tests/test_native.py::test_atomic_write_never_opens_a_planted_link_at_its_temp_name",
         "tests/test_native.py::test_save_picks_another_temp_name_past_a_planted_link",
+        "tests/test_metrics.py::test_a_metrics_file_behind_a_link_is_not_read",
+        "tests/test_trust.py::test_a_symlinked_engine_folder_is_refused",
+        "tests/test_trust.py::test_a_symlinked_cache_folder_is_resolved_once",
+        "tests/test_trust.py::test_a_link_at_the_lock_name_is_not_followed",
+        "tests/test_trust.py::test_a_link_at_an_index_record_is_not_followed",
     ),
 }
 #: Wine 8 cannot make wasmtime's file mapping read-only: every load that maps an entry

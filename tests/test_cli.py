@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
 
@@ -15,9 +17,11 @@ import pytest
 import wasmtime
 
 import wasmcache as wc
+from conftest import PRIVATE_HINT, WINDOWS, open_to_everyone, windows_lacks
 from support import LOOP_WAT
 from wasmcache import synth
 from wasmcache.cli import parse_size
+from wasmcache.display import shown
 from wasmcache.hashing import DEFAULT_ALGORITHM
 from wasmcache.kinds import wasmtime_version
 from wasmcache.options import engine_from_options
@@ -89,7 +93,8 @@ def test_run_no_cache(hello, env):
 
 
 def test_console_script_and_cache_dir_option(hello, tmp_path):
-    script = os.path.join(os.path.dirname(sys.executable), "wasmcache")
+    script = shutil.which("wasmcache", path=sysconfig.get_path("scripts"))
+    assert script is not None
     done = subprocess.run(
         [script, "--cache-dir", tmp_path / "other", "run", hello], capture_output=True, text=True
     )
@@ -97,6 +102,7 @@ def test_console_script_and_cache_dir_option(hello, tmp_path):
     assert list((tmp_path / "other").glob("*/*.bin"))
 
 
+@windows_lacks("no SIGINT to send to a process (Ctrl-C is a console event)")
 def test_run_is_interrupted_by_ctrl_c(tmp_path, env):
     path = tmp_path / "loop.wasm"
     path.write_bytes(wasmtime.wat2wasm(LOOP_WAT))
@@ -191,7 +197,7 @@ def test_compile_error_gives_wasmtime_cause_chain(tmp_path, env):
     bad.write_bytes(b"\0asm\x01\0\0\0\x01\xff")  # a type section cut short
     done = wasmcache("compile", bad, env=env, check_code=1)
     lines = done.stderr.strip().splitlines()
-    assert lines[0] == f"wasmcache: error: cannot compile {bad}"
+    assert lines[0] == f"wasmcache: error: cannot compile {shown(bad)}"  # Windows: "\\" twice
     assert lines[1] == "  caused by: failed to parse WebAssembly module"
     assert len(lines) >= 3 and all(line.startswith("  caused by: ") for line in lines[1:])
 
@@ -281,12 +287,13 @@ def test_stats_counts_kinds_and_compile_time(hello, env):
 def test_compile_says_when_nothing_was_cached(hello, tmp_path):
     cache_dir = tmp_path / "shared"
     cache_dir.mkdir()
-    cache_dir.chmod(0o777)  # refused: others could write it
+    open_to_everyone(cache_dir)  # refused: others could write it
     env = {**os.environ, "WASMCACHE_DIR": str(cache_dir)}
     done = wasmcache("compile", hello, env=env, check_code=1)
-    assert "NOT cached" in done.stderr and "chmod 700" in done.stderr
+    assert "NOT cached" in done.stderr and PRIVATE_HINT in done.stderr
 
 
+@windows_lacks("no SIGINT to send to a process (Ctrl-C is a console event)")
 def test_ctrl_c_during_a_compile_exits_130_at_once(tmp_path, env):
     slow = tmp_path / "slow.wasm"
     slow.write_bytes(synth.data_module(1 << 20, functions=30000, seed=13))
@@ -489,6 +496,7 @@ ODD_NAMES = [b"new\nline.wasm", b"\x1b[31mred\x1b]0;title\x07.wasm", b"bad\xff\x
 SHOWN_NAMES = ["new\\nline.wasm", "\\x1b[31mred\\x1b]0;title\\x07.wasm", "bad\\xff\\xfe.wasm"]
 
 
+@windows_lacks("names hold no control characters and no bytes outside UTF-16")
 def test_names_are_escaped_in_every_command(tmp_path, env):
     strict = {**env, "PYTHONIOENCODING": "utf-8:strict", "LC_ALL": "C.UTF-8"}
     paths = []
@@ -522,7 +530,8 @@ def test_shown():
     assert shown("caf\u00e9 \u65e5\u672c.wasm") == "caf\u00e9 \u65e5\u672c.wasm"
     assert shown("a\\b\tc\rd\ne") == "a\\\\b\\tc\\rd\\ne"
     assert shown("\x00\x7f\x9b\u2028\u202e") == "\\x00\\x7f\\x9b\\u2028\\u202e"
-    assert shown(b"\xff/x") == "\\xff/x" and shown(os.fsdecode(b"\xc3")) == "\\xc3"
+    if not WINDOWS:  # (Windows' names are UTF-16: no byte name is undecodable)
+        assert shown(b"\xff/x") == "\\xff/x" and shown(os.fsdecode(b"\xc3")) == "\\xc3"
 
 
 def test_compile_of_text_fills_what_run_and_load_or_compile_use(tmp_path, env):
@@ -569,6 +578,7 @@ def test_missing_s3_extra_is_one_line(hello, tmp_path, env):
     assert 'pip install "wasmcache[s3]"' in done.stderr and "Traceback" not in done.stderr
 
 
+@windows_lacks("environment values are UTF-16 text: none is invalid UTF-8")
 def test_non_utf8_environment_value_is_named(tmp_path, env):
     probe = tmp_path / "probe.wasm"
     probe.write_bytes(wasmtime.wat2wasm(PROBE_WAT))
@@ -592,6 +602,20 @@ def test_max_wasm_stack_above_the_async_stack_never_aborts(hello, env):
         from importlib.metadata import version
 
         assert int(version("wasmtime").split(".")[0]) < 40
+
+
+def test_the_probe_in_a_new_process_says_what_the_forked_one_says():
+    """Where there is no fork (Windows) the probe runs in a new Python: same answers."""
+    from wasmcache import options
+
+    good = options.parse([], ["max-wasm-stack=5242880"])
+    assert options._probe_spawned(good) == (False, "")
+    bad = options.parse([], ["gc=y,reference-types=n"])
+    failed, text = options._probe_spawned(bad)
+    if int(wasmtime_version().split(".")[0]) >= 40:
+        assert failed and "on an `Err` value" in text
+        if hasattr(os, "fork"):
+            assert options._probe_forked(bad)[0]
 
 
 def _ls_cache(tmp_path, count: int) -> tuple[wc.FileSystemCache, list[Path]]:
@@ -656,6 +680,7 @@ def test_ls_rows_most_recent_first_with_local_minutes(tmp_path, capsys):
         "CET-1CEST,M3.5.0,M10.5.0/3",  # a change of offset within the sampled range
     ],
 )
+@windows_lacks("no time.tzset: a process cannot switch its TZ rules")
 def test_ls_minutes_are_strftimes(zone, monkeypatch):
     from wasmcache import cli
 

@@ -10,6 +10,7 @@ import pytest
 import wasmtime
 
 import wasmcache as wc
+from conftest import WINDOWS
 from wasmcache import base, cli, direct
 from wasmcache.entry import MAX_SOURCE, Origin
 
@@ -31,7 +32,10 @@ class BytesPath(os.PathLike):  # type: ignore[type-arg]
         ("", None),
         ("/a/b/app.wasm", "app.wasm"),
         (b"/a/b/app.wasm", "app.wasm"),
-        (b"/a/caf\xe9.wasm", "caf\udce9.wasm"),  # not UTF-8: as os.fsdecode gives it
+        (  # not UTF-8: as os.fsdecode gives it (Windows: replaced, its names are UTF-16)
+            b"/a/caf\xe9.wasm",
+            "caf\ufffd.wasm" if WINDOWS else f"caf{chr(0xDCE9)}.wasm",
+        ),
         ("/a/" + "x" * (MAX_SOURCE + 5), "x" * MAX_SOURCE),
         ("/a/" + "y" * 10 + "z" * MAX_SOURCE, "z" * MAX_SOURCE),  # its last characters
         ("/a/dir/", None),

@@ -14,6 +14,7 @@ import wasmtime
 import wasmcache as wc
 from support import command_component, split_entry
 from wasmcache import kinds
+from wasmcache.display import shown
 from wasmcache.hashing import DEFAULT_ALGORITHM
 
 pytestmark = pytest.mark.skipif(
@@ -206,12 +207,12 @@ def test_run_component_unknown_imports_and_traps(tmp_path, env):
     path = tmp_path / "unknown.wasm"
     path.write_bytes(_bare_component("i32.const 0"))
     done = wasmcache("run", path, env=env, check_code=1)
-    assert f"wasmcache: error: failed to run {path}" in done.stderr
+    assert f"wasmcache: error: failed to run {shown(path)}" in done.stderr
     assert "example:unknown/thing" in done.stderr and "Traceback" not in done.stderr
     wasmcache("run", "-W", "unknown-imports-trap=y", path, env=env, check_code=0)
 
     trapping = tmp_path / "trap.wasm"
     trapping.write_bytes(_bare_component("unreachable"))
     done = wasmcache("run", "-W", "unknown-imports-trap=y", trapping, env=env, check_code=134)
-    assert f"failed to run {trapping}" in done.stderr and "unreachable" in done.stderr
+    assert f"failed to run {shown(trapping)}" in done.stderr and "unreachable" in done.stderr
     assert "Traceback" not in done.stderr

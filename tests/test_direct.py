@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pwd
 import subprocess
 import sys
 import textwrap
@@ -15,7 +14,7 @@ import pytest
 import wasmtime
 
 import wasmcache as wc
-from conftest import call_add
+from conftest import WINDOWS, call_add, windows_lacks
 from support import Reads, forge_xxh64_collision
 from wasmcache import base, direct, names
 from wasmcache.hashing import DEFAULT_ALGORITHM
@@ -46,6 +45,8 @@ def settled(tmp_path_factory) -> dict[str, Path]:
 
 def require_trusted(folder: Path) -> None:
     """Skip unless direct mode trusts stamps of files in ``folder`` by default."""
+    if WINDOWS:
+        pytest.skip("Windows: no filesystem type to trust stamps by (records need direct=True)")
     fd = os.open(folder, os.O_RDONLY)
     try:
         trusted = direct.stamps_trusted(fd, str(folder))
@@ -457,7 +458,10 @@ def test_a_memory_and_disk_stack_keeps_records_on_disk(settled, tmp_path, engine
 
 # -- the index under the privacy rule ----------------------------------------------------
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="plants files as another user")
+needs_root = pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0,
+    reason="Windows: no POSIX users" if WINDOWS else "plants files as another user",
+)
 
 
 def _forged_cache(tmp_path: Path, settled: dict[str, Path], engine: wasmtime.Engine):
@@ -498,6 +502,8 @@ PLANTERS = pytest.mark.parametrize("planter", ["nobody", "root"])
 
 
 def _uid(planter: str) -> int:
+    import pwd
+
     return pwd.getpwnam(planter).pw_uid
 
 
@@ -579,6 +585,7 @@ def test_a_shared_group_index_may_be_group_writable(settled, tmp_path, engine, m
 # -- a FIFO swapped in between the stat and the open ---------------------------------------
 
 
+@windows_lacks("no FIFOs (os.mkfifo)")
 def test_a_descriptor_with_nothing_to_give_is_a_source_error(tmp_path):
     """A non-blocking read of an empty FIFO whose writer stays open gives no data at all:
     a SourceError naming the path, not a hash of None."""
@@ -594,6 +601,7 @@ def test_a_descriptor_with_nothing_to_give_is_a_source_error(tmp_path):
         os.close(writer)
 
 
+@windows_lacks("no FIFOs (os.mkfifo)")
 def test_a_fifo_swapped_in_after_the_stat_is_read_as_a_stream(tmp_path, monkeypatch):
     """The stat sees a regular file, the open gets a FIFO: the descriptor is read
     blocking (as a pipe is), the key is that of the bytes that came through it, and

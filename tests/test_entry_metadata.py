@@ -209,7 +209,7 @@ def test_seal_checks_its_name_arguments():
 
 def _swap(cache: wc.FileSystemCache, engine, a: wc.ModuleHash, b: wc.ModuleHash) -> Path:
     """Rename b's entry over a's name, as someone who can rename in the folder could."""
-    cache.path(b, engine).rename(cache.path(a, engine))
+    cache.path(b, engine).replace(cache.path(a, engine))
     return cache.path(a, engine)
 
 
@@ -300,7 +300,7 @@ def test_an_identical_entry_is_kept_unless_it_names_another_key(tmp_path, engine
     cache.save(key, engine, module)
     assert path.stat().st_ino == inode  # kept
     cache.save(other, engine, module)  # the same artifact under another key
-    cache.path(other, engine).rename(path)
+    cache.path(other, engine).replace(path)
     renamed = path.stat().st_ino
     cache.save(key, engine, module)
     assert path.stat().st_ino != renamed  # replaced by an entry naming its key

@@ -13,6 +13,7 @@ import textwrap
 import pytest
 import wasmtime
 
+from conftest import windows_lacks
 from support import LOOP_WAT
 from wasmcache import cli
 
@@ -134,6 +135,7 @@ def test_exit_now_exits_120_when_stdout_cannot_be_flushed(tmp_path):
     assert done.returncode == 120
 
 
+@windows_lacks("no SIGINT to send to a process (Ctrl-C is a console event)")
 def test_ctrl_c_during_the_guest_exits_130(tmp_path, env):
     path = tmp_path / "loop.wasm"
     path.write_bytes(wasmtime.wat2wasm(LOOP_WAT))

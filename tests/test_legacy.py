@@ -35,19 +35,48 @@ def _peak_rss_of(script: str) -> tuple[int, str]:
 
 
 _MEASURE = """
-import resource, time, wasmtime, wasmcache as wc
+import time, wasmtime, wasmcache as wc
+
+
+def peak_kib():
+    \"\"\"The peak resident set (KiB): ru_maxrss, or Windows' peak working set.\"\"\"
+    try:
+        import resource
+    except ImportError:
+        import ctypes
+        from ctypes import wintypes
+
+        sizes = ("Peak", "Working", "QuotaPeakPaged", "QuotaPaged", "QuotaPeakNonPaged",
+                 "QuotaNonPaged", "Pagefile", "PeakPagefile")  # PROCESS_MEMORY_COUNTERS
+
+        class Counters(ctypes.Structure):
+            _fields_ = [("cb", wintypes.DWORD), ("faults", wintypes.DWORD)] + [
+                (name, ctypes.c_size_t) for name in sizes
+            ]
+
+        counters = Counters()
+        counters.cb = ctypes.sizeof(Counters)
+        kernel32 = ctypes.WinDLL("kernel32")
+        kernel32.GetCurrentProcess.restype = wintypes.HANDLE
+        get = kernel32.K32GetProcessMemoryInfo
+        get.argtypes = [wintypes.HANDLE, ctypes.POINTER(Counters), wintypes.DWORD]
+        assert get(kernel32.GetCurrentProcess(), ctypes.byref(counters), counters.cb)
+        return counters.Peak // 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 engine = wasmtime.Engine()
 cache = wc.FileSystemCache({cache!r})
 key = wc.ModuleHash.parse({key!r})
 wc.engine_id(engine)
-print("base", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print("base", peak_kib())
 start = time.monotonic()
 try:
     cache.load(key, engine)
 except wc.DeserializeError as exc:
     print("error", type(exc).__name__, exc)
 print("seconds", time.monotonic() - start)
-print("peak", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print("peak", peak_kib())
 print("kept", cache.path(key, engine).exists())
 """
 

@@ -12,6 +12,7 @@ import textwrap
 
 import wasmtime
 
+from conftest import open_to_everyone
 from wasmcache.logs import log
 
 
@@ -141,13 +142,13 @@ def test_the_command_shows_warnings_and_debug_lines_in_its_format(tmp_path):
     hello = _hello(tmp_path)
     cache = tmp_path / "cache"
     cache.mkdir(mode=0o700)
-    os.chmod(cache, 0o777)
+    open_to_everyone(cache)
     env = {**os.environ, "WASMCACHE_DIR": str(cache)}
     command = [sys.executable, "-m", "wasmcache", "run", str(hello)]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stderr.startswith("wasmcache: WARNING: not using the cache, compiling without")
-    os.chmod(cache, 0o700)
+    env["WASMCACHE_DIR"] = str(tmp_path / "private")
     verbose = [sys.executable, "-m", "wasmcache", "-v", "run", str(hello)]
     for _ in range(2):  # the second run is a hit
         done = subprocess.run(verbose, capture_output=True, text=True, env=env, timeout=120)

@@ -15,7 +15,7 @@ import pytest
 import wasmtime
 
 import wasmcache as wc
-from conftest import call_add
+from conftest import WINDOWS, call_add
 from wasmcache import metrics, names, synth
 from wasmcache.hashing import DEFAULT_ALGORITHM
 
@@ -253,7 +253,12 @@ def test_a_metrics_file_behind_a_link_is_not_read(tmp_path, engine, add_wasm):
     assert "metrics not shown" in done.stderr
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="plants a file as another user")
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0,
+    reason="Windows: no POSIX users"
+    if sys.platform == "win32"
+    else "plants a file as another user",
+)
 def test_a_metrics_file_of_another_user_is_not_read(tmp_path, engine, add_wasm):
     import pwd
 
@@ -309,6 +314,8 @@ def test_a_read_only_cache_costs_no_wait_at_exit(tmp_path, engine, add_wasm, mon
     can never create."""
     import subprocess
 
+    if WINDOWS:
+        pytest.skip("Windows: no mount command (a read-only mount)")
     if os.geteuid() != 0 or not shutil_which("mount"):
         pytest.skip("needs root to mount a read-only filesystem")
     mount = tmp_path / "ro"

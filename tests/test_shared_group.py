@@ -10,14 +10,13 @@ by other users, so they cannot start their own.
 from __future__ import annotations
 
 import contextlib
-import grp
 import os
-import pwd
 import secrets
 import select
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,9 +27,13 @@ import pytest
 import wasmtime
 
 import wasmcache as wc
-from conftest import ADD_WAT, call_add
+from conftest import ADD_WAT, call_add, windows_lacks
 from wasmcache import kinds, locks, names
 from wasmcache.hashing import DEFAULT_ALGORITHM
+
+if sys.platform != "win32":  # (the whole module is POSIX-only: see pytestmark)
+    import grp
+    import pwd
 
 
 def default_key(data: bytes) -> wc.ModuleHash:
@@ -39,6 +42,7 @@ def default_key(data: bytes) -> wc.ModuleHash:
 
 
 pytestmark = [
+    windows_lacks("no POSIX groups or users (a shared group is a POSIX rule)"),
     pytest.mark.skipif(
         not hasattr(os, "geteuid") or os.geteuid() != 0,
         reason="needs root to create users and a group and to act as them",

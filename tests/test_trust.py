@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import pwd
 import shutil
 import stat
 import subprocess
@@ -16,7 +15,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import pytest
 import wasmtime
@@ -24,10 +23,13 @@ import xxhash
 
 import support
 import wasmcache as wc
-from conftest import call_add
+from conftest import WINDOWS, call_add, windows_lacks
 from support import VICTIM_WAT, forge_xxh64_collision
-from wasmcache import direct, lzw, names
+from wasmcache import direct, lzw, names, winsec
 from wasmcache.hashing import DEFAULT_ALGORITHM
+
+if TYPE_CHECKING:
+    import pwd
 
 
 def default_key(data: bytes) -> wc.ModuleHash:
@@ -75,11 +77,14 @@ def test_an_explicit_xxh64_key_is_the_callers_choice(collision, tmp_path):
 # -- a private cache ------------------------------------------------------------------------
 
 needs_root = pytest.mark.skipif(
-    not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to act as another user"
+    not hasattr(os, "geteuid") or os.geteuid() != 0,
+    reason="Windows: no POSIX users" if WINDOWS else "needs root to act as another user",
 )
 
 
 def _nobody() -> pwd.struct_passwd:
+    import pwd
+
     try:
         return pwd.getpwnam("nobody")
     except KeyError:
@@ -189,7 +194,10 @@ def test_new_folders_are_private(tmp_path, key, engine, add_module):
     cache = wc.FileSystemCache(tmp_path / "new" / "cache")
     cache.save(key, engine, add_module)
     for folder in (cache.cache_dir, cache.path(key, engine).parent):
-        assert stat.S_IMODE(folder.stat().st_mode) & 0o077 == 0
+        if WINDOWS:  # no mode bits: the owner and DACL
+            assert winsec.folder_problem(str(folder)) is None
+        else:
+            assert stat.S_IMODE(folder.stat().st_mode) & 0o077 == 0
 
 
 def test_a_symlinked_engine_folder_is_refused(cache, key, engine, add_module, tmp_path):
@@ -303,6 +311,7 @@ def test_a_link_at_an_index_record_is_not_followed(tmp_path, add_wasm, root_only
     assert planted not in record.read_bytes()
 
 
+@windows_lacks("no FIFOs (os.mkfifo)")
 def test_a_fifo_at_an_entry_name_answers_at_once(cache, engine, add_module, add_wasm):
     key = default_key(add_wasm)
     path = cache.path(key, engine)
@@ -335,6 +344,7 @@ def test_a_fifo_at_an_entry_name_answers_at_once(cache, engine, add_module, add_
     assert outcome == {"ok": True}
 
 
+@windows_lacks("no FIFOs (os.mkfifo)")
 def test_verify_fix_removes_a_fifo_and_a_link(cache, key, engine, root_only):
     path = cache.path(key, engine)
     path.parent.mkdir(parents=True, mode=0o700)
@@ -444,6 +454,7 @@ def test_a_free_lock_file_is_removed_by_cleanup(tmp_path, key, engine, add_modul
     assert not lock.exists()
 
 
+@windows_lacks("no flock (LockFileEx locks instead)")
 def test_a_failing_flock_degrades_to_the_thread_lock(
     tmp_path, key, engine, add_wasm, monkeypatch, caplog
 ):
@@ -507,7 +518,8 @@ def test_a_missing_or_folder_wasm_path_is_a_source_error(cache, engine, tmp_path
     assert isinstance(info.value.__cause__, FileNotFoundError)
     with pytest.raises(wc.SourceError) as info:
         cache.load_or_compile(engine, tmp_path)
-    assert isinstance(info.value.__cause__, IsADirectoryError)
+    # Windows opens no folder as a file: access denied, where POSIX says EISDIR.
+    assert isinstance(info.value.__cause__, PermissionError if WINDOWS else IsADirectoryError)
     with pytest.raises(wc.SourceError):
         wc.MemoryCache().load_or_compile(engine, str(tmp_path / "missing.wasm"))
 
@@ -517,6 +529,7 @@ def test_invalid_wasm_is_wasmtimes_own_error(cache, engine):
         cache.load_or_compile(engine, b"not wasm")
 
 
+@windows_lacks("no POSIX mode bits (chmod 0500 leaves the folder writable)")
 def test_clear_of_an_unwritable_folder_is_a_cache_error(tmp_path, key, engine, add_module):
     cache = wc.FileSystemCache(tmp_path / "c")
     cache.save(key, engine, add_module)
@@ -588,6 +601,7 @@ def _refusal(action: Callable[[], object]) -> str:
         ("index", "link"),
     ],
 )
+@windows_lacks("no POSIX mode bits; the DACL rule is tested in test_windows.py")
 def test_housekeeping_applies_the_rule_load_applies(where, how, tmp_path, key, engine, add_module):
     """ls, verify, clear, prune and cleanup refuse a folder that breaks the rule, with the
     message load gives, and touch nothing in it (nor through a link)."""
@@ -667,6 +681,7 @@ def test_files_of_another_user_are_not_read_nor_used(tmp_path, key, engine, add_
     assert stamp.stat() == before  # neither touched nor made group-writable
 
 
+@windows_lacks("no POSIX groups")
 def test_shared_group_takes_a_bool_a_group_name_or_a_gid(tmp_path):
     import grp
 
@@ -695,12 +710,18 @@ def test_an_entry_renamed_over_after_it_was_opened_is_still_its_own(tmp_path):
     try:
         replacement = tmp_path / "new.bin"
         replacement.write_bytes(b"new")
-        os.rename(replacement, path)
-        info = os.fstat(fd)
-        assert info.st_nlink == 0
-        safefs.check_entry(str(path), info)  # no error
+        if WINDOWS:  # opened without delete sharing: nobody can rename over it
+            with pytest.raises(PermissionError):
+                os.replace(replacement, path)
+        else:
+            os.rename(replacement, path)
+            info = os.fstat(fd)
+            assert info.st_nlink == 0
+            safefs.check_entry(str(path), info)  # no error
     finally:
         os.close(fd)
+    if WINDOWS:
+        os.replace(replacement, path)  # closed: now it can
     os.link(path, tmp_path / "second-name")
     fd, info = safefs.open_regular(str(path))
     os.close(fd)

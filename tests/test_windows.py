@@ -20,6 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import wasmcache as wc
+from conftest import set_dacl
 from wasmcache import safefs, winsec
 
 windows = pytest.mark.skipif(
@@ -153,23 +154,6 @@ def test_any_bytes_parse_or_raise_value_error(data):
 # -- Windows (and Wine) ---------------------------------------------------------------------
 
 
-def _set_dacl(path: Path, sddl: str) -> None:
-    """Give ``path`` the DACL written in SDDL (SetFileSecurityW)."""
-    import ctypes
-    from ctypes import wintypes
-
-    advapi = ctypes.WinDLL("advapi32", use_last_error=True)  # type: ignore[attr-defined]
-    convert = advapi.ConvertStringSecurityDescriptorToSecurityDescriptorW
-    convert.argtypes = [
-        wintypes.LPCWSTR, wintypes.DWORD, ctypes.POINTER(wintypes.LPVOID), wintypes.LPVOID,
-    ]  # fmt: skip
-    apply = advapi.SetFileSecurityW
-    apply.argtypes = [wintypes.LPCWSTR, wintypes.DWORD, wintypes.LPVOID]
-    descriptor = wintypes.LPVOID()
-    assert convert(sddl, 1, ctypes.byref(descriptor), None), ctypes.get_last_error()
-    assert apply(str(path), 4, descriptor), ctypes.get_last_error()  # DACL_SECURITY_INFORMATION
-
-
 def _saved(cache: wc.FileSystemCache, key: wc.ModuleHash, engine, module) -> Path:
     cache.save(key, engine, module)
     path = cache.path(key, engine)
@@ -189,7 +173,7 @@ def test_new_cache_folder_is_private(tmp_path, key, engine, add_module):
 def test_folder_granting_everyone_write_is_refused(tmp_path, key, engine, add_module):
     folder = tmp_path / "cache"
     folder.mkdir()
-    _set_dacl(folder, "D:(A;OICI;FA;;;WD)")
+    set_dacl(folder, "D:(A;OICI;FA;;;WD)")
     with pytest.raises(wc.UnsafeCacheError, match=r"Everyone \(S-1-1-0\)"):
         wc.FileSystemCache(folder).save(key, engine, add_module)
     with pytest.raises(wc.UnsafeCacheError, match="icacls"):
@@ -201,7 +185,7 @@ def test_folder_granting_everyone_write_is_refused(tmp_path, key, engine, add_mo
 def test_entry_granting_everyone_write_is_refused(tmp_path, key, engine, add_module):
     cache = wc.FileSystemCache(tmp_path / "cache")
     path = _saved(cache, key, engine, add_module)
-    _set_dacl(path, "D:(A;;FA;;;WD)")
+    set_dacl(path, "D:(A;;FA;;;WD)")
     with pytest.raises(wc.UnsafeEntryError, match=r"Everyone \(S-1-1-0\)"):
         cache.load(key, engine)
     assert path.exists()  # refused, not removed

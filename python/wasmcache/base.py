@@ -57,7 +57,12 @@ def source_name(path: Union[str, bytes, None]) -> Optional[str]:
     fails)."""
     if not path:
         return None
-    name = os.path.basename(os.fsdecode(path))[-MAX_SOURCE:]
+    try:
+        decoded = os.fsdecode(path)
+    except UnicodeDecodeError:  # Windows: bytes names must be UTF-8 there
+        assert isinstance(path, bytes)
+        decoded = path.decode("utf-8", "replace")
+    name = os.path.basename(decoded)[-MAX_SOURCE:]
     return name if name and "\0" not in name else None
 
 

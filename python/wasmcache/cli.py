@@ -830,6 +830,9 @@ def _main(argv: Optional[Sequence[str]]) -> tuple[int, bool]:
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:
             reconfigure(errors="backslashreplace")
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:  # "\n" as written, as wasmtime's CLI does (no "\r\n" on Windows)
+        reconfigure(newline="\n")
     arguments = sys.argv[1:] if argv is None else list(argv)
     quick = runargs.parse(arguments)
     if quick is not None:

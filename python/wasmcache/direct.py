@@ -391,6 +391,7 @@ class Index:
                 raise
             self._rewrite(b"", line)  # a link, or not ours to write: replaced
             return
+        kept: Optional[bytes] = None  # set: the log is to be replaced (by kept + line)
         try:
             info = os.fstat(fd)
             try:
@@ -399,16 +400,16 @@ class Index:
                     what="direct-mode index", fd=fd,
                 )  # fmt: skip
             except CacheError:
-                self._rewrite(b"", line)
-                return
-            if info.st_size + len(line) > LOG_LIMIT:
-                self._rewrite(
-                    safefs.pread(fd, LOG_LIMIT, max(0, info.st_size - LOG_LIMIT // 2)), line
-                )
-                return
-            os.write(fd, line)  # O_APPEND: one write, never interleaved with another
+                kept = b""
+            else:
+                if info.st_size + len(line) > LOG_LIMIT:
+                    kept = safefs.pread(fd, LOG_LIMIT, max(0, info.st_size - LOG_LIMIT // 2))
+                else:
+                    os.write(fd, line)  # O_APPEND: one write, never interleaved with another
         finally:
             os.close(fd)
+        if kept is not None:  # replaced once closed: Windows cannot replace an open file
+            self._rewrite(kept, line)
 
     def _rewrite(self, kept: bytes, line: bytes) -> None:
         """Replace the log by the whole lines of ``kept`` (the newer part of the old one)

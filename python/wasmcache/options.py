@@ -298,10 +298,24 @@ _checked: dict[tuple[object, ...], Optional[str]] = {}
 
 
 def _probe(settings: Settings) -> Optional[str]:
-    """Build the engine in a forked child: wasmtime-py aborts the process on a Config that
+    """Build the engine in a child process: wasmtime-py aborts the process on a Config that
     wasmtime rejects, so the error is learnt there. None if the engine builds."""
     if settings.engine_key in _checked:
         return _checked[settings.engine_key]
+    if hasattr(os, "fork"):
+        failed, text = _probe_forked(settings)
+    else:
+        failed, text = _probe_spawned(settings)
+    error = None
+    if failed:
+        found = re.search(r"on an `Err` value: (.*)", text)
+        error = found.group(1).strip() if found else "wasmtime refused this configuration"
+    _checked[settings.engine_key] = error
+    return error
+
+
+def _probe_forked(settings: Settings) -> tuple[bool, str]:
+    """The probe in a forked child: whether it failed, and what it wrote to stderr."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover (the child)
@@ -322,13 +336,40 @@ def _probe(settings: Settings) -> Optional[str]:
         chunks.append(chunk)
     os.close(read_end)
     _, status = os.waitpid(pid, 0)
-    error = None
-    if not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
-        text = b"".join(chunks).decode("utf-8", "replace")
-        found = re.search(r"on an `Err` value: (.*)", text)
-        error = found.group(1).strip() if found else "wasmtime refused this configuration"
-    _checked[settings.engine_key] = error
-    return error
+    failed = not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0)
+    return failed, b"".join(chunks).decode("utf-8", "replace")
+
+
+#: The spawned probe: the engine part of the settings (a literal) in argv[1].
+_PROBE_CHILD = """
+import ast, sys, wasmtime
+from wasmcache import options
+settings = options.Settings()
+settings.config, settings.max_wasm_stack, settings.async_stack_size = ast.literal_eval(sys.argv[1])
+try:
+    wasmtime.Engine(options.config_of(settings))
+except BaseException:
+    sys.exit(3)
+"""
+
+
+def _probe_spawned(settings: Settings) -> tuple[bool, str]:
+    """The probe in a new Python process, where there is no fork (Windows): whether it
+    failed, and what it wrote to stderr. The settings travel as a literal (str, int, bool
+    and None values only)."""
+    import subprocess
+    import sys
+
+    literal = repr((settings.config, settings.max_wasm_stack, settings.async_stack_size))
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE_CHILD, literal],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "RUST_BACKTRACE": "0"},
+        check=False,
+    )
+    return done.returncode != 0, done.stderr.decode("utf-8", "replace")
 
 
 def engine_of(settings: Settings) -> wasmtime.Engine:
@@ -336,7 +377,7 @@ def engine_of(settings: Settings) -> wasmtime.Engine:
     ValueError for a configuration wasmtime refuses."""
     if settings.engine_key == Settings().engine_key:
         return wasmtime.Engine()
-    error = _probe(settings) if hasattr(os, "fork") else None
+    error = _probe(settings)
     if error is not None:
         raise ValueError(f"wasmtime refuses these options: {error}")
     return wasmtime.Engine(config_of(settings))

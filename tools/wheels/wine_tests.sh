@@ -4,6 +4,8 @@
 #
 #   tools/wheels/wine_tests.sh WHEEL [ENV] [-- PYTEST ARGS]   (ENV default /work/plat/winpy/env)
 #
+# PYTEST ARGS naming tests (tests/...) run those only; otherwise the whole of tests/.
+#
 # Tests Wine cannot run skip with the reason naming what Wine lacks (tests/conftest.py,
 # the Wine hook); the real-program tests are left out (-m "not programs"). A folder owned
 # by another Unix user is made for the owner test (Wine cannot set an owner from Windows).
@@ -38,7 +40,10 @@ export WINEDEBUG=-all
 cd "$ROOT"
 start=$(date +%s)
 set +e
-</dev/null "$PY" -m pytest -p no:cacheprovider -q -m "not programs" -rs tests "$@"
+# The whole suite unless the arguments name tests of their own.
+where=tests
+for arg in "$@"; do case $arg in tests/*|tests\\*) where= ;; esac; done
+</dev/null "$PY" -m pytest -p no:cacheprovider -q -m "not programs" -rs $where "$@"
 status=$?
 set -e
 echo "wine_tests.sh: pytest exit $status after $(($(date +%s) - start)) s" >&2
