@@ -267,7 +267,10 @@ echo "   wasmtime CLI: an aarch64 ELF"
 # test_fleet.py, test_logs.py and others, and every module is exercised. Left out too:
 # test_reliability.py's flip of every single byte of an entry (one load per byte, over 7
 # minutes emulated): the checksum that catches the flips is the same on every
-# architecture, and the other integrity tests run. The whole suite:
+# architecture, and the other integrity tests run. And test_fleet.py's upload against a
+# SeaweedFS killed or paused mid-transfer: its writer's 2 s timeout (short, so that the
+# fault shows fast) then meets an emulated server just restarted, whose first multipart
+# requests take longer than that under qemu; every other fleet fault test runs. The whole suite:
 # WASMCACHE_AARCH64_TESTS=all; the wheel alone, no venv and no tests:
 # WASMCACHE_AARCH64_TESTS=none.
 if [ "${WASMCACHE_AARCH64_TESTS:-subset}" = all ]; then
@@ -275,7 +278,9 @@ if [ "${WASMCACHE_AARCH64_TESTS:-subset}" = all ]; then
   stage "tests (not programs), all, against the installed wheel, under qemu"
 else
   selection=(--ignore=tests/test_run_parity.py --ignore=tests/test_cli.py
-    --deselect tests/test_reliability.py::test_every_single_byte_flip_is_caught)
+    --deselect tests/test_reliability.py::test_every_single_byte_flip_is_caught
+    --deselect "tests/test_fleet.py::test_server_dies_or_stalls_mid_upload[kill]"
+    --deselect "tests/test_fleet.py::test_server_dies_or_stalls_mid_upload[pause]")
   stage "tests (not programs; not test_run_parity.py, test_cli.py, the every-byte flip) against the installed wheel, under qemu"
 fi
 export WASMCACHE_TEST_HOME="$out/test-home"
