@@ -15,7 +15,6 @@ artifact (what ``Module.serialize()`` writes) and an LZW stream of one (see
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import re
@@ -29,6 +28,7 @@ import xxhash
 from wasmcache.elf import ELF_HEADER_SIZE, ELF_MAGIC, elf_extent
 from wasmcache.hashing import ModuleHash
 from wasmcache.kinds import KINDS, Kind, wasmtime_version
+from wasmcache.names import pattern as _pattern
 from wasmcache.safefs import pread as _pread
 
 Buffer = Union[bytes, bytearray, memoryview]
@@ -51,12 +51,6 @@ _CHECKSUM = r"[0-9a-f]{16}"
 _ENGINE_ID = r"[A-Za-z0-9._-]{1,255}"
 _KEY_ALGORITHM = r"[a-z0-9]{1,16}"
 _KEY = r"[0-9A-F]{16,128}"
-
-
-@functools.cache
-def _pattern(source: str) -> re.Pattern[str]:
-    """``source`` compiled once, when first used (compiling at import costs every start)."""
-    return re.compile(source)
 
 
 class Corrupt(Exception):

@@ -40,7 +40,7 @@ _INDEX_RECORD = r"[0-9a-f]{64}"
 
 
 @functools.cache
-def _pattern(source: str) -> re.Pattern[str]:
+def pattern(source: str) -> re.Pattern[str]:
     """``source`` compiled once, when first used (compiling at import costs every start)."""
     return re.compile(source)
 
@@ -120,12 +120,12 @@ def object_name(prefix: str, engine_id: str, key: ModuleHash, *, lease: bool = F
 
 
 def is_engine_folder(name: str) -> bool:
-    return _pattern(_ENGINE_FOLDER).fullmatch(name) is not None
+    return pattern(_ENGINE_FOLDER).fullmatch(name) is not None
 
 
 def entry_key(name: str) -> Optional[ModuleHash]:
     """The key an entry file name stands for, or None if ``name`` is not an entry's."""
-    match = _pattern(_ENTRY).fullmatch(name)
+    match = pattern(_ENTRY).fullmatch(name)
     if match is None:
         return None
     digest = match.group(1)  # hex digits of a known length: checked by the pattern
@@ -133,16 +133,16 @@ def entry_key(name: str) -> Optional[ModuleHash]:
 
 
 def is_entry(name: str) -> bool:
-    return _pattern(_ENTRY).fullmatch(name) is not None
+    return pattern(_ENTRY).fullmatch(name) is not None
 
 
 def is_temp(name: str) -> bool:
-    return _pattern(_TEMP).fullmatch(name) is not None
+    return pattern(_TEMP).fullmatch(name) is not None
 
 
 def is_lock(name: str) -> bool:
-    return _pattern(_LOCK).fullmatch(name) is not None
+    return pattern(_LOCK).fullmatch(name) is not None
 
 
 def is_index_record(name: str) -> bool:
-    return _pattern(_INDEX_RECORD).fullmatch(name) is not None
+    return pattern(_INDEX_RECORD).fullmatch(name) is not None
