@@ -183,3 +183,34 @@ def test_the_preview0_name_is_the_adapters():
     from wasmcache import preview0, runner
 
     assert runner.PREVIEW0 == preview0.NAME
+
+
+#: Modules a warm `run` of a small program never needs: each costs a start milliseconds.
+NOT_AT_START = (
+    "argparse", "hashlib", "_hashlib", "importlib.metadata", "json", "logging", "tempfile",
+    "wasmcache.schema",
+)  # fmt: skip
+
+
+def test_a_warm_run_imports_only_what_it_needs(tmp_path, env):
+    """From the start to the last exit handler (the counters' flush included), a warm
+    `run` imports none of the modules a hit does not need."""
+    path = tmp_path / "exit0.wasm"
+    path.write_bytes(wasmtime.wat2wasm(EXIT_WAT.replace("CODE", "0")))
+    code = textwrap.dedent(
+        f"""
+        import atexit, sys
+        atexit.register(lambda: print(sorted(set({NOT_AT_START!r}) & set(sys.modules)),
+                                      file=sys.stderr))  # runs after the flush (LIFO)
+        sys.argv = ["wasmcache", "run", {str(path)!r}]
+        from wasmcache.cli import main
+        main()
+        """
+    )
+    for _ in ("cold", "warm"):
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert (done.returncode, done.stdout) == (0, "bye\n"), done.stderr
+    assert done.stderr == "[]\n"
+    assert list((tmp_path / "cache").glob(".metrics"))  # the flush ran, before the print

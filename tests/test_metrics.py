@@ -13,6 +13,8 @@ import textwrap
 
 import pytest
 import wasmtime
+from hypothesis import given
+from hypothesis import strategies as st
 
 import wasmcache as wc
 from conftest import WINDOWS, call_add
@@ -199,27 +201,80 @@ def test_stats_prints_prometheus_text(tmp_path, engine, add_wasm):
 
 # -- a metrics file that cannot be trusted ----------------------------------------------
 
+_HEADER = b"wasmcache-metrics 1\n"
+
 BAD_FILES = {
-    "garbage": b"\xff\xfe not json",
-    "not an object": b"[1, 2]",
-    "other format": json.dumps({"format": "x", "version": 1, "counters": {}}).encode(),
-    "unknown tier": json.dumps(
-        {"format": "wasmcache-metrics", "version": 1, "counters": {"disk": {"hits": 1}}}
+    "garbage": b"\xff\xfe not text",
+    "empty": b"",
+    "no header": b"memory.hits 1\n",
+    "other format": b"wasmcache-metrics 2\nmemory.hits 1\n",
+    "the JSON of another version": json.dumps(
+        {"format": "wasmcache-metrics", "version": 1, "counters": {}}
     ).encode(),
-    "negative": json.dumps(
-        {"format": "wasmcache-metrics", "version": 1, "counters": {"memory": {"hits": -1}}}
-    ).encode(),
-    "float count": json.dumps(
-        {"format": "wasmcache-metrics", "version": 1, "counters": {"memory": {"hits": 1.5}}}
-    ).encode(),
-    "huge integer": b'{"format":"wasmcache-metrics","version":1,"counters":{"memory":{"hits":'
-    + b"9" * 400
-    + b"}}}",
-    "too large": b" " * (metrics.FILE_LIMIT + 1),
-    "deeply nested": b"[" * 20000 + b"]" * 20000,
-    "nested, in UTF-16": ("[" * 15000 + "\u5c41" + "]" * 15000).encode("utf-16-le"),
-    "key twice": b'{"format":"wasmcache-metrics","format":"x","version":1,"counters":{}}',
+    "unknown tier": _HEADER + b"disk.hits 1\n",
+    "counter of another tier": _HEADER + b"memory.downloads 1\n",
+    "no value": _HEADER + b"memory.hits\n",
+    "two spaces": _HEADER + b"memory.hits  1\n",
+    "negative": _HEADER + b"memory.hits -1\n",
+    "leading plus": _HEADER + b"memory.hits +1\n",
+    "underscores": _HEADER + b"memory.hits 1_000\n",
+    "float count": _HEADER + b"memory.hits 1.5\n",
+    "seconds not a number": _HEADER + b"compile.compile_seconds nan\n",
+    "seconds infinite": _HEADER + b"compile.compile_seconds 1e999\n",
+    "seconds negative": _HEADER + b"compile.compile_seconds -0.5\n",
+    "seconds of two points": _HEADER + b"compile.compile_seconds 1.2.3\n",
+    "huge integer": _HEADER + b"memory.hits " + b"9" * 400 + b"\n",
+    "at 2^63": _HEADER + b"memory.hits 9223372036854775808\n",
+    "non-ASCII digits": _HEADER + "memory.hits \u0661\n".encode(),
+    "last line cut": _HEADER + b"memory.hits 1",
+    "key twice": _HEADER + b"memory.hits 1\nmemory.hits 2\n",
+    "too large": _HEADER + b"memory.hits 1\n" * (metrics.FILE_LIMIT // 14 + 1),
 }
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(sorted(metrics.TIERS)),
+        st.fixed_dictionaries(
+            {},
+            optional={
+                name: st.floats(0, 2.0**62, allow_nan=False)
+                if name in metrics.SECONDS
+                else st.integers(0, (1 << 63) - 1)
+                for name in metrics.COUNTERS
+            },
+        ),
+    )
+)
+def test_the_file_format_reads_back_what_it_wrote(drawn):
+    values = {
+        tier: {name: v for name, v in counts.items() if name in metrics.TIERS[tier]}
+        for tier, counts in drawn.items()
+    }
+    values = {tier: counts for tier, counts in values.items() if counts}
+    read = metrics.parse(metrics.dump(values))
+    assert read == values
+    assert all(
+        type(v) is (float if name in metrics.SECONDS else int)
+        for counts in read.values()
+        for name, v in counts.items()
+    )
+
+
+def test_reading_the_file_imports_no_json(tmp_path):
+    """Start-up cost: the flush at exit and stats read the file without a JSON parser."""
+    (tmp_path / "c").mkdir(mode=0o700)
+    code = (
+        "import sys\n"
+        "from wasmcache import metrics\n"
+        f"f = metrics.MetricsFile({str(tmp_path / 'c')!r})\n"
+        "f.add({'memory': {'hits': 2}}); f.add({'memory': {'hits': 3}})\n"
+        "assert f.read() == {'memory': {'hits': 5}}, f.read()\n"
+        "print(sorted(m for m in ('json', 'wasmcache.schema') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize("flaw", sorted(BAD_FILES))

@@ -352,22 +352,160 @@ _CANONICAL = (
 #: An Info from a tuple of its fields in order, without the keyword handling of Info().
 _new_info = tuple.__new__
 _canonical_pattern: Optional[re.Pattern[str]] = None  # _CANONICAL, compiled when first used
+#: Metadata blocks a process reads by hand before it compiles _CANONICAL: a start that
+#: loads a few entries never pays the compile (1.5 ms), a listing of thousands reads at
+#: the pattern's speed (three times the hand reader's).
+_BY_HAND = 64
+_by_hand_left = _BY_HAND
+#: The fields of seal's form, in order, as the four layouts it writes have them.
+_LAYOUTS = frozenset(
+    ("artifact_checksum", "artifact_length", "compile_seconds", "created", *names,
+     "kind", "source", "wasm_size", "wasmtime")
+    for names in ((), ("engine_id",), ("key", "key_algorithm"),
+                  ("engine_id", "key", "key_algorithm"))
+)  # fmt: skip
+_HEX_DIGITS = "0123456789abcdef"
+_ENGINE_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-"
+_KEY_CHARS = "0123456789ABCDEF"
+_ALGORITHM_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789"
+Groups = tuple[Optional[str], ...]
+
+
+class _NotCanonical(Exception):
+    """Internal: a value of the hand reader outside _CANONICAL."""
 
 
 def _canonical(raw: bytes) -> Optional[Info]:
     """The Info of metadata in :func:`seal`'s own form, or None for anything else (then
     the general parser decides)."""
-    global _canonical_pattern
+    global _canonical_pattern, _by_hand_left
     if not raw.isascii():
         return None
+    text = raw.decode("ascii")
     pattern = _canonical_pattern
-    if pattern is None:
-        pattern = _canonical_pattern = re.compile(_CANONICAL)
-    match = pattern.fullmatch(raw.decode("ascii"))
-    if match is None:
+    if pattern is None and _by_hand_left > 0:
+        _by_hand_left -= 1
+        groups = _groups_by_hand(text)
+    else:
+        if pattern is None:
+            pattern = _canonical_pattern = re.compile(_CANONICAL)
+        match = pattern.fullmatch(text)
+        groups = None if match is None else match.groups()
+    return None if groups is None else _info_of(groups)
+
+
+def _groups_by_hand(text: str) -> Optional[Groups]:
+    """What ``fullmatch`` of _CANONICAL groups for ``text`` (None: no match), found with
+    string methods: no string of the form holds a quote, so every quote delimits one and
+    the text splits at quotes into names, string values and what lies between (a colon,
+    a number or null, a comma or the closing brace); the names are checked against the
+    layouts, each value against its part of the pattern (numbers with a lowercase
+    exponent only: seal writes no other)."""
+    parts = text.split('"')
+    if parts[0] != "{":
         return None
+    fields: dict[str, str] = {}
+    at, end = 1, len(parts)
+    while at < end:
+        name = parts[at]
+        between = parts[at + 1] if at + 1 < end else ""
+        if between == ":" and at + 3 < end:  # a string: its text, then what follows it
+            value, after = f'"{parts[at + 2]}"', parts[at + 3]
+            at += 4
+        elif between[:1] == ":":  # a number or null, and the comma or brace after it
+            value, after = between[1:-1], between[-1:]
+            at += 2
+        else:
+            return None
+        if after != ("}" if at >= end else ",") or name in fields:
+            return None
+        fields[name] = value
+    if tuple(fields) not in _LAYOUTS:
+        return None
+    get = fields.get
+    try:
+        return (
+            _word(fields["artifact_checksum"], _HEX_DIGITS, 16, 16),
+            _integer(fields["artifact_length"]),
+            _decimal(fields["compile_seconds"]),
+            _decimal(fields["created"]),
+            _word(get("engine_id"), _ENGINE_CHARS, 1, 255),
+            _word(get("key"), _KEY_CHARS, 16, 128),
+            _word(get("key_algorithm"), _ALGORITHM_CHARS, 1, 16),
+            _kind(fields["kind"]),
+            _plain_text(fields["source"], MAX_SOURCE),
+            None if fields["wasm_size"] == "null" else _integer(fields["wasm_size"]),
+            _plain_text(fields["wasmtime"], _MAX_VERSION),
+        )
+    except _NotCanonical:
+        return None
+
+
+def _integer(value: str) -> str:
+    """_INTEGER (``value`` is ASCII, so isdigit means 0-9)."""
+    if value.isdigit() and len(value) <= 19 and (value[0] != "0" or value == "0"):
+        return value
+    raise _NotCanonical
+
+
+def _decimal(value: str) -> Optional[str]:
+    """_NUMBER: None for null."""
+    if value == "null":
+        return None
+    mantissa, e, exponent = value.partition("e")
+    whole, point, fraction = mantissa.partition(".")
+    if exponent[:1] in ("+", "-"):
+        exponent = exponent[1:]
+    if (
+        whole.isdigit() and len(whole) <= 20 and (whole[0] != "0" or whole == "0")
+        and (not point or (fraction.isdigit() and len(fraction) <= 20))
+        and (not e or (exponent.isdigit() and len(exponent) <= 3))
+    ):  # fmt: skip
+        return value
+    raise _NotCanonical
+
+
+def _quoted(value: str) -> str:
+    if len(value) < 2 or value[0] != '"' or value[-1] != '"':
+        raise _NotCanonical
+    return value[1:-1]
+
+
+def _word(value: Optional[str], alphabet: str, shortest: int, longest: int) -> Optional[str]:
+    """A quoted string of ``shortest`` to ``longest`` characters of ``alphabet``; None for
+    a field the layout leaves out."""
+    if value is None:
+        return None
+    inner = _quoted(value)
+    if shortest <= len(inner) <= longest and not inner.strip(alphabet):
+        return inner
+    raise _NotCanonical
+
+
+def _kind(value: str) -> str:
+    inner = _quoted(value)
+    if inner in KINDS:
+        return inner
+    raise _NotCanonical
+
+
+def _plain_text(value: str, limit: int) -> Optional[str]:
+    """_plain(limit): None for null (an ASCII string is printable exactly when it holds no
+    control character and no DEL)."""
+    if value == "null":
+        return None
+    inner = _quoted(value)
+    if len(inner) <= limit and inner.isprintable() and '"' not in inner and "\\" not in inner:
+        return inner
+    raise _NotCanonical
+
+
+def _info_of(groups: Groups) -> Optional[Info]:
+    """The Info of _CANONICAL's groups; None for a value out of range (the general parser
+    then says why)."""
     (digest, length, seconds, created, engine, key, algorithm, kind, source, wasm_size,
-     version) = match.groups()  # fmt: skip
+     version) = groups  # fmt: skip
+    assert digest is not None and length is not None
     artifact_length = int(length)
     size = None if wasm_size is None else int(wasm_size)
     seconds_value = None if seconds is None else float(seconds)
@@ -378,7 +516,7 @@ def _canonical(raw: bytes) -> Optional[Info]:
         or seconds_value == math.inf
         or created_value == math.inf
     ):
-        return None  # out of range: the general parser says why
+        return None
     info: Info = _new_info(
         Info, (kind, source, size, seconds_value, created_value, version, artifact_length,
                int(digest, 16), engine, algorithm, key),

@@ -71,7 +71,8 @@ FILE_LIMIT = 1 << 16
 _FORMAT = "wasmcache-metrics"
 _METRIC_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"  # compiled by re when first used
 _VERSION = 1
-_DEPTH = 3  # the file, its counters, a tier
+_HEADER = f"{_FORMAT} {_VERSION}"
+_DECIMAL = "0123456789.e+-"  # the characters of a value in seconds
 _MAX_COUNT = 1 << 63
 
 
@@ -237,33 +238,57 @@ class BadMetrics(ValueError):
     """A metrics file that breaks the schema, the privacy rule or the size bound."""
 
 
-def parse(data: object) -> Values:
-    """``{tier: {counter: value}}`` from a parsed metrics file: an object with ``format``
-    "wasmcache-metrics", ``version`` 1 and ``counters``, each tier known, each counter
-    one its tier has, each value a finite number from 0 to 2^63 (an integer, but for
-    seconds).
-    BadMetrics for anything else."""
-    if not isinstance(data, dict):
-        raise BadMetrics("not an object")
-    if data.get("format") != _FORMAT or data.get("version") != _VERSION:
+def parse(raw: bytes) -> Values:
+    """``{tier: {counter: value}}`` from a metrics file's bytes: ASCII lines, each ended by
+    a newline, the first ``wasmcache-metrics 1``, each other ``<tier>.<counter> <value>``
+    for a known tier and one of its counters, named once, its value a decimal from 0 to
+    2^63 (an integer, but for seconds). BadMetrics for anything else."""
+    if len(raw) > FILE_LIMIT:
+        raise BadMetrics(f"larger than {FILE_LIMIT} bytes")
+    if not raw.isascii() or not raw.endswith(b"\n"):
+        raise BadMetrics("not lines of ASCII text")
+    lines = raw.decode("ascii").split("\n")[:-1]
+    if lines[0] != _HEADER:
         raise BadMetrics(f"not {_FORMAT} version {_VERSION}")
-    tiers = data.get("counters")
-    if not isinstance(tiers, dict):
-        raise BadMetrics("no counters")
     values: Values = {}
-    for tier, counts in tiers.items():
-        if tier not in TIERS or not isinstance(counts, dict):
-            raise BadMetrics(f"unknown tier {tier!r}")
-        for name, value in counts.items():
-            if name not in TIERS[tier]:
-                raise BadMetrics(f"tier {tier} has no counter {name!r}")
-            kinds = (int, float) if name in SECONDS else (int,)
-            if isinstance(value, bool) or not isinstance(value, kinds):
-                raise BadMetrics(f"{tier}.{name} is not a count: {value!r}")
-            if not 0 <= value < _MAX_COUNT or not math.isfinite(value):
-                raise BadMetrics(f"{tier}.{name} is not a count: {value!r}")
-            values.setdefault(tier, {})[name] = value
+    for number, line in enumerate(lines[1:], 2):
+        name, _, text = line.partition(" ")
+        tier, _, counter = name.partition(".")
+        if counter not in TIERS.get(tier, ()):
+            raise BadMetrics(f"line {number}: no counter {name!r}")
+        counts = values.setdefault(tier, {})
+        if counter in counts:
+            raise BadMetrics(f"line {number}: {name} twice")
+        counts[counter] = _count(text, seconds=counter in SECONDS, where=f"line {number}")
     return values
+
+
+def _count(text: str, *, seconds: bool, where: str) -> Number:
+    """The value of one counter's line: digits (and, for seconds, a decimal point and an
+    exponent), from 0 to 2^63."""
+    value: Optional[Number] = None
+    if seconds and 0 < len(text) <= 32 and text[0].isdigit() and not text.strip(_DECIMAL):
+        with contextlib.suppress(ValueError):
+            value = float(text)
+    elif not seconds and 0 < len(text) <= 19 and text.isdigit():
+        value = int(text)
+    if value is None or not 0 <= value < _MAX_COUNT or not math.isfinite(value):
+        raise BadMetrics(f"{where}: not a count: {text[:40]!r}")
+    return value
+
+
+def dump(values: Mapping[str, Mapping[str, Number]]) -> bytes:
+    """The bytes of a metrics file holding ``values`` (what :func:`parse` reads back)."""
+    lines = [_HEADER]
+    for tier in sorted(values):
+        for name in sorted(values[tier]):
+            value = values[tier][name]
+            lines.append(
+                f"{tier}.{name} {float(value)!r}"
+                if name in SECONDS
+                else f"{tier}.{name} {int(value)}"
+            )
+    return ("\n".join(lines) + "\n").encode("ascii")
 
 
 def _writable(folder: str) -> bool:
@@ -275,7 +300,7 @@ def _writable(folder: str) -> bool:
 
 class MetricsFile:
     """The counters of every process that used a cache folder: ``<cache>/.metrics``,
-    compact JSON (see :func:`parse`) written by rename under ``<cache>/.metrics.lock``;
+    lines of text (see :func:`parse`) written by rename under ``<cache>/.metrics.lock``;
     private, or with ``shared_group`` readable by the group (whose members replace it)."""
 
     #: How long a flush waits for the lock before it gives up (seconds).
@@ -304,8 +329,6 @@ class MetricsFile:
         return self._read(group)
 
     def _read(self, group: int) -> Values:
-        from wasmcache import schema  # JSON is imported by the first read or write only
-
         try:
             fd, info = safefs.open_regular(self.path)
         except FileNotFoundError:
@@ -325,12 +348,8 @@ class MetricsFile:
             raw = safefs.pread(fd, FILE_LIMIT + 1, 0)
         finally:
             os.close(fd)
-        try:  # strict UTF-8, nesting measured before parsing, no NaN, no key twice
-            data = schema.loads(raw, max_size=FILE_LIMIT, max_depth=_DEPTH)
-        except schema.Invalid as exc:
-            raise BadMetrics(f"{self.path}: {exc}") from None
         try:
-            return parse(data)
+            return parse(raw)
         except BadMetrics as exc:
             raise BadMetrics(f"{self.path}: {exc}") from None
 
@@ -362,14 +381,7 @@ class MetricsFile:
         except BadMetrics as exc:
             log.warning("replacing a metrics file that cannot be read: %s", exc)
             kept = {}
-        total = merge((kept, delta))
-        import json
-
-        text = json.dumps(
-            {"format": _FORMAT, "version": _VERSION, "counters": total},
-            sort_keys=True,
-            separators=(",", ":"),
-        ).encode()
+        text = dump(merge((kept, delta)))
         mode = 0o640 if self.shared_group else 0o600
         temp = names.temp_path(self.path)
         try:
