@@ -667,3 +667,31 @@ def test_a_warm_hit_imports_neither_hashlib_nor_json(settled, tmp_path):
         )
         assert done.returncode == 0, done.stderr
     assert done.stdout == "[]\n"
+
+
+def test_a_record_is_read_only_from_a_whole_well_formed_line():
+    """The log is read back line by line: for a stamp's digest, the last line that is
+    whole and well formed wins; damaged lines, lines of another algorithm and the digest
+    inside another line are passed over."""
+    digest = b"ab" * 32
+    good = b"cd" * 32
+    older = f"{digest.decode()} blake3 {good.decode()}\n".encode()
+    damaged = [
+        digest + b" blake3 " + good[:-1] + b"\n",  # odd number of hex digits
+        digest + b" blake3 " + good.upper() + b"\n",  # uppercase
+        digest + b" blake3 " + b"cd" * 7 + b"\n",  # too short a key
+        digest + b" blake3 " + b"cd" * 65 + b"\n",  # too long a key
+        digest + b" blake3 " + b"cd" * 8 + b"\n",  # a key too short for its algorithm
+        digest + b" sha256 " + good + b"\n",  # another algorithm
+        digest + b" blake3 " + good + b" x\n",  # a field more
+        digest + b" blake3  " + good + b"\n",  # two spaces
+        b"0" + digest + b" blake3 " + good + b"\n",  # inside another line's name
+        digest + b"0 blake3 " + good + b"\n",  # a longer name
+        digest + b" blake3 " + good,  # not ended: a record being appended
+    ]
+    for line in damaged:
+        found = direct._find(older + line, digest, "blake3")
+        assert found == wc.ModuleHash("blake3", bytes.fromhex(good.decode())), line
+    assert direct._find(b"".join(damaged), digest, "blake3") is None
+    newer = f"{digest.decode()} blake3 {'ef' * 32}\n".encode()
+    assert direct._find(older + newer, digest, "blake3").digest == bytes.fromhex("ef" * 32)

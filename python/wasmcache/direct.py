@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import stat
 import sys
 import threading
@@ -207,8 +206,7 @@ def stamps_trusted(fd: int, path: str) -> bool:
 #: The index log is compacted (its older half dropped) before it grows past this.
 LOG_LIMIT = 1 << 20
 #: A line of the index log: the stamp's digest, the key's algorithm, the key's digest.
-_LINE = rb"([0-9a-f]{64}) ([a-z0-9]{1,16}) ([0-9a-f]{16,128})"
-_line: Optional[re.Pattern[bytes]] = None  # _LINE, compiled when first needed
+_HEX = b"0123456789abcdef"
 _sha256: Optional[Callable[[bytes], Any]] = None
 
 
@@ -245,11 +243,10 @@ def _record_line(stamp: Mark, key: ModuleHash) -> bytes:
 
 
 def _find(log: bytes, digest: bytes, algorithm: str) -> Optional[ModuleHash]:
-    """The key of the last whole, well-formed line of ``log`` for ``digest``."""
-    global _line
-    if _line is None:
-        _line = re.compile(_LINE)
+    """The key of the last whole, well-formed line of ``log`` for ``digest`` (a line is
+    ``<64 hex> <algorithm: 1-16 of a-z0-9> <key: 16-128 hex>``, lowercase)."""
     end = len(log)
+    name = algorithm.encode()
     while True:
         at = log.rfind(digest, 0, end)
         if at < 0:
@@ -258,13 +255,18 @@ def _find(log: bytes, digest: bytes, algorithm: str) -> Optional[ModuleHash]:
         if at > 0 and log[at - 1 : at] != b"\n":
             continue  # inside another line
         stop = log.find(b"\n", at)
-        match = _line.fullmatch(log, at, stop) if stop >= 0 else None
-        if match is None or match.group(2).decode() != algorithm:
+        fields = log[at:stop].split(b" ") if stop >= 0 else []
+        if len(fields) != 3 or fields[1] != name:
             continue
-        try:
-            return ModuleHash(algorithm, bytes.fromhex(match.group(3).decode()))
-        except ValueError:
-            continue
+        found, _, key = fields
+        if (
+            len(found) == 64 and not found.strip(_HEX)
+            and 16 <= len(key) <= 128 and len(key) % 2 == 0 and not key.strip(_HEX)
+        ):  # fmt: skip
+            try:
+                return ModuleHash(algorithm, bytes.fromhex(key.decode()))
+            except ValueError:
+                continue  # a key of the wrong length for its algorithm
 
 
 class Index:
