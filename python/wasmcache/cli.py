@@ -25,13 +25,14 @@ from wasmcache.failures import Failed, cause_lines, report
 from wasmcache.filesystem import FileSystemCache
 from wasmcache.hashing import ModuleHash
 from wasmcache.kinds import Compiled
-from wasmcache.maintenance import Listed, listed
 from wasmcache.options import Settings
 from wasmcache.progress import elapsed
 from wasmcache.runner import Guest, GuestError, UsageError, guest_env
 
 if TYPE_CHECKING:
     import argparse
+
+    from wasmcache.maintenance import Listed
 
 #: A size (compiled by ``re`` when first used: compiling costs time at every start).
 _SIZE = r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(?:i?B)?\s*"
@@ -316,6 +317,8 @@ def _entry_rows(cache: FileSystemCache) -> list[Listed]:
     objects per entry and no cycles, which it would walk again and again (a tenth of
     the time at 50,000 entries)."""
     import gc
+
+    from wasmcache.maintenance import listed
 
     paused = gc.isenabled()
     gc.disable()
