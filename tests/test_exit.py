@@ -188,7 +188,7 @@ def test_the_preview0_name_is_the_adapters():
 #: Modules a warm `run` of a small program never needs: each costs a start milliseconds.
 NOT_AT_START = (
     "argparse", "hashlib", "_hashlib", "importlib.metadata", "json", "logging", "tempfile",
-    "wasmcache.schema",
+    "wasmcache.maintenance", "wasmcache.schema",
 )  # fmt: skip
 
 

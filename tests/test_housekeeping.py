@@ -19,7 +19,7 @@ import pytest
 import wasmtime
 
 import wasmcache as wc
-from conftest import WINDOWS, call_add
+from conftest import WINDOWS, call_add, windows_lacks
 from wasmcache import direct, locks, maintenance, names, synth
 from wasmcache.hashing import DEFAULT_ALGORITHM
 
@@ -274,3 +274,197 @@ def test_summary_counts_each_engine_folder_apart(tmp_path):
             entries, size, modules, components, seconds, min(used), max(used)
         )
     assert sum(s.entries for s in summary.values()) == 6
+
+
+# -- the listing of ls and stats: each engine folder held, nothing opened through a link ----
+
+
+def _listing(cache: wc.FileSystemCache, form: str) -> Any:
+    """One listing form: for described and listed, each entry's name -> the source its
+    description names ("?": listed undescribed); for summary, (entries, modules)."""
+    if form == "described":
+        return {f.path.name: (info.source if info else "?") for f, info in cache.described()}
+    if form == "listed":
+        return {
+            os.path.basename(row.path): (row.info.source if row.info else "?")
+            for row in maintenance.listed(cache)
+        }
+    (summary,) = cache.summary().values()
+    return summary.entries, summary.modules
+
+
+class _Planted:
+    """A cache with two entries (sources a.wasm and t.wasm), and a second cache holding an
+    entry of t.wasm's name whose source is elsewhere.wasm (what a link could lead to)."""
+
+    def __init__(self, tmp_path: Path, engine: wasmtime.Engine) -> None:
+        self.cache = wc.FileSystemCache(tmp_path / "c")
+        elsewhere = wc.FileSystemCache(tmp_path / "elsewhere")
+        module = wasmtime.Module(engine, _wasm(0))
+        a, t = wc.ModuleHash.sha256(b"a"), wc.ModuleHash.sha256(b"t")
+        self.cache.save(a, engine, module, origin=wc.Origin("a.wasm", 1, 1.0))
+        self.cache.save(t, engine, module, origin=wc.Origin("t.wasm", 1, 1.0))
+        elsewhere.save(t, engine, module, origin=wc.Origin("elsewhere.wasm", 1, 1.0))
+        self.a, self.t = str(self.cache.path(a, engine)), str(self.cache.path(t, engine))
+        self.folder = os.path.dirname(self.t)
+        self.other_folder = os.path.dirname(str(elsewhere.path(t, engine)))
+        self.good = Path(self.t).read_bytes()
+
+    def restore(self) -> None:
+        """t.wasm's entry back as saved (a regular file of this user, mode 0600)."""
+        if os.path.lexists(self.t):
+            os.unlink(self.t)
+        fd = os.open(self.t, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(self.good)
+
+    def is_engine_folder(self, folder: object) -> bool:
+        """Whether a scan is of the engine folder (held open, or by its path)."""
+        return isinstance(folder, int) or folder == self.folder
+
+
+def _nobody_ids() -> tuple[int, int]:
+    import pwd
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to act as another user")
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no user nobody")
+    return nobody.pw_uid, nobody.pw_gid
+
+
+@windows_lacks("no FIFOs, links, POSIX owners or mode bits at entry names")
+@pytest.mark.parametrize("planted", ["link", "FIFO", "another user", "0666", "0620"])
+def test_the_listing_opens_an_entry_under_the_rule_after_its_scan(
+    planted, tmp_path, engine, monkeypatch
+):
+    """The scan types t.wasm's entry as a regular file; then, before it is opened, it
+    becomes a link to an entry elsewhere, a FIFO, or a file that breaks the rule. The
+    listing neither follows the link nor blocks on the FIFO, and describes no file that
+    breaks the rule (each listing form: described, listed, summary)."""
+    setup = _Planted(tmp_path, engine)
+    owner = _nobody_ids() if planted == "another user" else None
+    scan = maintenance._scan
+
+    def scan_then_plant(folder: Any) -> list[os.DirEntry[str]]:
+        items = scan(folder)
+        if setup.is_engine_folder(folder):
+            if planted == "link":
+                os.unlink(setup.t)
+                os.symlink(os.path.join(setup.other_folder, os.path.basename(setup.t)), setup.t)
+            elif planted == "FIFO":
+                os.unlink(setup.t)
+                os.mkfifo(setup.t, 0o600)
+            elif owner is not None:
+                os.chown(setup.t, *owner)
+            else:
+                os.chmod(setup.t, int(planted, 8))
+        return items
+
+    monkeypatch.setattr(maintenance, "_scan", scan_then_plant)
+    refused = planted in ("link", "FIFO")  # not an entry file: not listed
+    a, t = os.path.basename(setup.a), os.path.basename(setup.t)
+    for form in ("described", "listed", "summary"):
+        setup.restore()
+        outcome: dict[str, Any] = {}
+        worker = threading.Thread(target=_into, args=(outcome, setup.cache, form), daemon=True)
+        worker.start()
+        worker.join(10)
+        if worker.is_alive():
+            os.close(os.open(setup.t, os.O_WRONLY | os.O_NONBLOCK))  # let it go
+            pytest.fail(f"the listing blocked on a {planted}")
+        if "error" in outcome:
+            raise outcome["error"]
+        said = outcome["said"]
+        if form == "summary":
+            assert said == ((1, 1) if refused else (2, 1))  # one module described
+        else:
+            assert said == ({a: "a.wasm"} if refused else {a: "a.wasm", t: "?"}), form
+
+
+def _into(outcome: dict[str, Any], cache: wc.FileSystemCache, form: str) -> None:
+    try:
+        outcome["said"] = _listing(cache, form)
+    except BaseException as exc:
+        outcome["error"] = exc
+
+
+@windows_lacks("no descriptor-relative opens: entries are opened by path")
+def test_the_listing_reads_the_engine_folder_it_holds(tmp_path, engine, monkeypatch):
+    """Once its scan has begun, the engine folder is moved away and a link to another
+    folder put at its name: every entry is still opened in the folder that was checked."""
+    setup = _Planted(tmp_path, engine)
+    scan = maintenance._scan
+    moved = tmp_path / "moved"
+
+    def scan_then_swap(folder: Any) -> list[os.DirEntry[str]]:
+        items = scan(folder)
+        if setup.is_engine_folder(folder):
+            os.rename(setup.folder, moved)
+            os.symlink(setup.other_folder, setup.folder)
+        return items
+
+    monkeypatch.setattr(maintenance, "_scan", scan_then_swap)
+    described = {found.path.name: info and info.source for found, info in setup.cache.described()}
+    assert sorted(described.values()) == ["a.wasm", "t.wasm"]
+
+
+@windows_lacks("no POSIX links or mode bits at an engine folder's name")
+@pytest.mark.parametrize("swapped", ["link", "0777"])
+def test_an_engine_folder_replaced_after_its_check_is_refused(
+    swapped, tmp_path, engine, monkeypatch
+):
+    """Once the engine folder passed the rule, and before its entries are read, it is
+    replaced by a link to another folder (or by a folder writable by everyone): the
+    listing refuses it, as a load would, and reads nothing through it."""
+    setup = _Planted(tmp_path, engine)
+    checked = maintenance._checked
+
+    def check_then_swap(cache: Any) -> Any:
+        folders = checked(cache)
+        os.rename(setup.folder, tmp_path / "moved")
+        if swapped == "link":
+            os.symlink(setup.other_folder, setup.folder)
+        else:
+            os.mkdir(setup.folder, 0o700)
+            os.chmod(setup.folder, int(swapped, 8))
+        return folders
+
+    monkeypatch.setattr(maintenance, "_checked", check_then_swap)
+    reason = "symbolic link" if swapped == "link" else "writable by group or others"
+    for form in (
+        setup.cache.described,
+        setup.cache.summary,
+        lambda: maintenance.listed(setup.cache),
+    ):
+        with pytest.raises(wc.UnsafeCacheError, match=reason):
+            form()
+        os.unlink(setup.folder) if swapped == "link" else os.rmdir(setup.folder)
+        os.rename(tmp_path / "moved", setup.folder)
+
+
+def test_the_hot_path_does_not_import_the_listing_code(tmp_path):
+    """A cache made, a miss that compiles and saves, a hit: none imports the listing and
+    pruning code (wasmcache.maintenance); a housekeeping method loads it when called."""
+    script = textwrap.dedent(
+        f"""
+        import sys
+        import wasmtime
+        import wasmcache as wc
+
+        engine = wasmtime.Engine()
+        wasm = wasmtime.wat2wasm('(module (func (export "f")))')
+        cache = wc.FileSystemCache({str(tmp_path / "c")!r})
+        cache.load_or_compile(engine, wasm)
+        cache.load_or_compile(engine, wasm)
+        assert cache.wait_housekeeping(60)
+        print("wasmcache.maintenance" in sys.modules)
+        (found,) = cache.entries()
+        print("wasmcache.maintenance" in sys.modules, found.size > 0)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True", "True"]

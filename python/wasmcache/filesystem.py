@@ -13,7 +13,7 @@ from typing import Optional, Union
 
 import wasmtime
 
-from wasmcache import checked, entry, kinds, legacy, locks, maintenance, metrics, names, safefs
+from wasmcache import checked, entry, housekeeping, kinds, legacy, locks, metrics, names, safefs
 from wasmcache._image import artifact_bytes
 from wasmcache.base import ModuleCache
 from wasmcache.config import default_cache_dir
@@ -47,7 +47,7 @@ else:
     _FD_DIR = None
 
 
-class FileSystemCache(maintenance.Housekeeping, ModuleCache):
+class FileSystemCache(housekeeping.Housekeeping, ModuleCache):
     """Compiled modules and components stored as ``<cache_dir>/<engine id>-v<N>/<HASH>.bin``.
 
     ``cache_dir`` defaults to :func:`default_cache_dir`; it must be private (see
@@ -140,7 +140,7 @@ class FileSystemCache(maintenance.Housekeeping, ModuleCache):
     def wait_housekeeping(self, timeout: Optional[float] = None) -> bool:
         """Wait until the background housekeeping of this process (automatic pruning,
         metrics) is done; return whether it was within ``timeout`` seconds."""
-        return maintenance.wait_idle(timeout)
+        return housekeeping.wait_idle(timeout)
 
     def path(self, key: ModuleHash, engine: wasmtime.Engine) -> Path:
         """Where the entry for ``key`` and ``engine`` lives (whether or not it exists)."""
@@ -185,7 +185,7 @@ class FileSystemCache(maintenance.Housekeeping, ModuleCache):
                     self._counters.hit(info.st_size)
                     return module
                 module = _deserialize(engine, path, fd, described.kind)
-                maintenance.record_use(fd, info, self.touch_interval)
+                housekeeping.record_use(fd, info, self.touch_interval)
             except Corrupt as exc:
                 if sys.platform == "win32":
                     fd = _closed(fd)  # Windows removes no file open without delete sharing
@@ -320,15 +320,17 @@ class FileSystemCache(maintenance.Housekeeping, ModuleCache):
         on the housekeeping thread once this thread holds no compile lock."""
         now = time.monotonic()
         if self.max_bytes is not None and now >= self._prune_due:
-            maintenance.in_background(("prune", self._dir), self._auto_prune)
+            housekeeping.in_background(("prune", self._dir), self._auto_prune)
         if now >= self._metrics_due:
             self._metrics_due = now + self.METRICS_INTERVAL
             counters = self._counters
-            maintenance.in_background(("metrics", id(counters)), counters.flush)
+            housekeeping.in_background(("metrics", id(counters)), counters.flush)
 
     def _auto_prune(self) -> None:
         if self.max_bytes is None:
             return
+        from wasmcache import maintenance  # the listing and pruning code, off the hot path
+
         wait = maintenance.maybe_prune(self, self.max_bytes, self.prune_interval)
         self._prune_due = time.monotonic() + wait
 

@@ -1,9 +1,10 @@
 """Housekeeping of a cache folder: listing, verifying, pruning, clearing, cleaning up.
 
 Automatic pruning never runs inside a save nor while this thread holds a compile lock:
-a save only asks for it (:func:`request_prune`), and it runs on a background thread once
-the compile lock is released (:func:`wasmcache.locks.after_release`), at most once per
-interval across processes (a stamp file and a lock).
+a save only asks for it (:func:`wasmcache.housekeeping.in_background`), and it runs on a
+background thread once the compile lock is released, at most once per interval across
+processes (a stamp file and a lock). The hot path never imports this module
+(:mod:`wasmcache.housekeeping` holds what it needs).
 
 Only names in wasmcache's formats (see :mod:`wasmcache.names`) are ever touched; nothing
 is followed through a link; a lock file is removed only by whoever holds its lock. Every
@@ -14,24 +15,47 @@ and a file is removed only if its name still holds the file that was checked.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Union
 
 from wasmcache import entry, legacy, locks, names, safefs
 from wasmcache.entry import Corrupt
-from wasmcache.errors import CacheError, FileWriteError
+from wasmcache.errors import CacheError, FileWriteError, UnsafeCacheError
 from wasmcache.hashing import ModuleHash
+from wasmcache.housekeeping import (
+    STALE_TEMP_AGE,
+    Housekeeping,
+    in_background,
+    record_use,
+    wait_idle,
+)
 from wasmcache.logs import log
 
-#: Temp files older than this (seconds) are left over from an interrupted save or download:
-#: a live one is renamed long before (a stalled download fails after its idle timeout).
-STALE_TEMP_AGE = 600.0
+__all__ = [
+    "STALE_TEMP_AGE",
+    "CacheEntry",
+    "Folders",
+    "Housekeeping",
+    "Listed",
+    "Summary",
+    "cleanup",
+    "clear",
+    "describe",
+    "in_background",
+    "listed",
+    "maybe_prune",
+    "prune",
+    "record_use",
+    "summarize",
+    "verify",
+    "wait_idle",
+]
 
 
 class CacheEntry(NamedTuple):
@@ -44,79 +68,35 @@ class CacheEntry(NamedTuple):
     last_used: float  # seconds since the epoch (the file's access time, set on hits)
 
 
-class Housekeeping:
-    """The housekeeping methods of FileSystemCache (its ``cache_dir``, ``shared_group`` and
-    ``legacy_max_bytes`` say what to check). Each first checks the cache folder, then every
-    engine folder it finds and the index folder, against the privacy rule, exactly as a
-    load does (UnsafeCacheError, the same message); each removes only a file it checked,
-    by identity, so a file renamed into place since stays."""
-
-    shared_group: bool
-    legacy_max_bytes: int
-    #: The group ``shared_group`` names (None: the cache folder's own).
-    _named_gid: Optional[int] = None
-    #: The cache folder's group, taken when a listing checked the folder.
-    _listed_group: Optional[int] = None
-
-    @property
-    def cache_dir(self) -> Path:
-        raise NotImplementedError
-
-    def entries(self) -> list[CacheEntry]:
-        """Every entry of every engine folder (other names are ignored)."""
-        return [found for found, _ in _entries(_checked(self))]
-
-    def describe(self, found: CacheEntry) -> Optional[entry.Info]:
-        """What an entry says of itself (kind, source name, Wasm size, compile time,
-        creation time, wasmtime version), read without mapping it; an older entry gives
-        a module's defaults; None if it cannot be read, breaks the rule or is damaged
-        (its metadata not of the schema included)."""
-        return describe(str(found.path), shared_group=self.shared_group, group=_group(self))
-
-    def described(self) -> list[tuple[CacheEntry, Optional[entry.Info]]]:
-        """Every entry with what :meth:`describe` says of it, from one listing."""
-        return [
-            (_Found(path, name, folder, info, Path(path).parent).entry(), about)
-            for path, name, folder, info, about in _described(_checked(self))
-        ]
-
-    def summary(self) -> dict[str, Summary]:
-        """Per engine folder name: how many entries, their bytes, modules and components,
-        their recorded compile seconds and the range of their last uses (one pass; each
-        entry described as :meth:`describe` does)."""
-        return summarize(self)
-
-    def verify_entries(self, *, fix: bool = False) -> list[tuple[CacheEntry, str]]:
-        """Check every entry's format, length and checksum (without wasmtime); return the
-        bad ones with the reason. With ``fix`` the bad ones are removed."""
-        return verify(self, fix=fix)
-
-    def prune(self, max_bytes: int) -> list[CacheEntry]:
-        """Remove least recently used entries until the cache holds at most ``max_bytes``,
-        plus stale temp files, free lock files and empty engine folders; return the removed
-        entries. Entries that live modules map stay valid (unlinked, never truncated)."""
-        return prune(self, max_bytes)
-
-    def clear(self) -> int:
-        """Remove every entry, temp file, free lock file and direct-mode record; return how
-        many entries."""
-        return clear(self)
-
-    def cleanup(self, older_than: float = STALE_TEMP_AGE) -> int:
-        """Remove temp files of interrupted saves older than ``older_than`` seconds, and
-        lock files as old that nobody holds; return how many were removed."""
-        return cleanup(_checked(self), older_than)
+def entries(cache: Housekeeping) -> list[CacheEntry]:
+    """:meth:`Housekeeping.entries`."""
+    return [found for found, _ in _entries(_checked(cache))]
 
 
-def record_use(fd: int, info: os.stat_result, interval: float) -> None:
-    """Set an entry's access time to now (what prune's LRU order reads), at most once per
-    ``interval`` seconds; a read-only cache is fine."""
-    now = time.time()
-    if now - info.st_atime >= interval:
-        with contextlib.suppress(OSError):
-            if sys.platform == "win32":
-                return  # no utime of a descriptor there; NTFS keeps access times itself
-            os.utime(fd, (now, info.st_mtime))
+def describe_entry(cache: Housekeeping, found: CacheEntry) -> Optional[entry.Info]:
+    """:meth:`Housekeeping.describe`."""
+    return describe(str(found.path), shared_group=cache.shared_group, group=_group(cache))
+
+
+def described(cache: Housekeeping) -> list[tuple[CacheEntry, Optional[entry.Info]]]:
+    """:meth:`Housekeeping.described`."""
+    return [
+        (_Found(path, name, folder, info, Path(path).parent).entry(), about)
+        for path, name, folder, info, about in _described(_checked(cache))
+    ]
+
+
+def cleanup_cache(cache: Housekeeping, older_than: float) -> int:
+    """:meth:`Housekeeping.cleanup`."""
+    return cleanup(_checked(cache), older_than)
+
+
+class Engine(NamedTuple):
+    """An engine folder that passed the rule, with the lstat it passed with."""
+
+    path: str
+    name: str
+    info: os.stat_result
 
 
 class Folders(NamedTuple):
@@ -125,7 +105,7 @@ class Folders(NamedTuple):
     cache_dir: str
     shared_group: bool
     group: int  # the cache folder's
-    engines: list[os.DirEntry[str]]
+    engines: list[Engine]
     index_dir: Optional[str]  # None: no index folder
 
 
@@ -139,8 +119,9 @@ def _group(cache: Housekeeping) -> Optional[int]:
         return None
 
 
-def _scan(folder: str) -> list[os.DirEntry[str]]:
-    """The items of a folder; empty if it is missing or unreadable."""
+def _scan(folder: Union[str, int]) -> list[os.DirEntry[str]]:
+    """The items of a folder (named, or open: then each item's path is its name); empty
+    if it is missing or unreadable."""
     try:
         with os.scandir(folder) as it:
             return list(it)
@@ -158,15 +139,61 @@ def _checked(cache: Housekeeping) -> Optional[Folders]:
     if info is None:
         return None
     group = cache._listed_group = info.st_gid
-    engines = [
-        item
-        for item in _scan(cache_dir)
-        if names.is_engine_folder(item.name)
-        and safefs.check_folder(item.path, shared_group=shared, group=group)
-    ]
+    engines = []
+    for item in _scan(cache_dir):
+        if names.is_engine_folder(item.name):
+            passed = safefs.folder_info(item.path, shared_group=shared, group=group)
+            if passed is not None:
+                engines.append(Engine(item.path, item.name, passed))
     index_dir = names.index_folder(cache_dir)
     checked = safefs.check_folder(index_dir, shared_group=shared, group=group)
     return Folders(cache_dir, shared, group, engines, index_dir if checked else None)
+
+
+#: Whether an engine folder is held open while its entries are read, each opened relative
+#: to it (POSIX): a folder swapped for another, or for a link, after it passed the rule
+#: then cannot redirect the opens. Windows opens by path (no ``dir_fd``).
+_AT_FOLDER = (
+    os.open in os.supports_dir_fd and os.scandir in os.supports_fd and hasattr(os, "O_DIRECTORY")
+)
+_FOLDER_FLAGS = (
+    os.O_RDONLY
+    | getattr(os, "O_DIRECTORY", 0)
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+)
+#: How often an engine folder replaced between its check and its open is checked again.
+_HOLD_ATTEMPTS = 3
+
+
+def _hold(folders: Folders, engine: Engine) -> Optional[int]:
+    """The engine folder opened without following a link, and found to be the folder that
+    passed the rule (same device and inode); None if it is gone, unreadable or a file now.
+    One replaced since it was checked is checked again (UnsafeCacheError for a link or a
+    folder that breaks the rule)."""
+    checked: Optional[os.stat_result] = engine.info
+    for _ in range(_HOLD_ATTEMPTS):
+        if checked is None:
+            return None
+        try:
+            fd = os.open(engine.path, _FOLDER_FLAGS)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                return None  # gone or unreadable: nothing listed, as by a scan
+        else:
+            held = os.fstat(fd)
+            if held.st_ino == checked.st_ino and held.st_dev == checked.st_dev:
+                return fd
+            os.close(fd)
+        # Replaced since it passed (a link now, a file, another folder): the rule again.
+        checked = safefs.folder_info(
+            engine.path, shared_group=folders.shared_group, group=folders.group
+        )
+    raise UnsafeCacheError(
+        f"refusing cache folder {engine.path}: it was replaced again and again while it was "
+        "being checked",
+        engine.path,
+    )
 
 
 class _Found(NamedTuple):
@@ -252,24 +279,30 @@ _NOATIME = getattr(os, "O_NOATIME", 0)
 _UNUSED_FLAGS = safefs.READ_FLAGS | _NOATIME
 
 
-def _open_unused(path: str) -> int:
-    """``path`` opened for reading as :func:`safefs.open_regular` opens it (never through
-    a link, never blocking), without updating its access time where the system allows."""
+def _open_unused(path: str, folder: Optional[int] = None) -> int:
+    """``path`` (relative to the open ``folder`` if given) opened for reading as
+    :func:`safefs.open_regular` opens it (never through a link, never blocking), without
+    updating its access time where the system allows."""
     if _NOATIME:
         try:
-            return os.open(path, _UNUSED_FLAGS)
+            return os.open(path, _UNUSED_FLAGS, dir_fd=folder)
         except PermissionError:
             pass  # not the file's owner: an ordinary open
-    return os.open(path, safefs.READ_FLAGS)
+    return os.open(path, safefs.READ_FLAGS, dir_fd=folder)
 
 
 def _read_described(
-    path: str, shared_group: bool, group: Optional[int]
+    path: str,
+    shared_group: bool,
+    group: Optional[int],
+    folder: Optional[int] = None,
+    name: str = "",
 ) -> tuple[Optional[os.stat_result], Optional[entry.Info]]:
     """The fstat of the regular file at ``path`` (None if it cannot be opened, or is not
-    one) and its Info (None if it breaks the rule or is damaged); the file opened once."""
+    one) and its Info (None if it breaks the rule or is damaged); the file opened once,
+    as ``name`` relative to the open ``folder`` if given (``path`` then only names it)."""
     try:
-        fd = _open_unused(path)
+        fd = _open_unused(path) if folder is None else _open_unused(name, folder)
     except OSError:
         return None, None
     try:
@@ -291,34 +324,43 @@ def _described(
     folders: Optional[Folders],
 ) -> Iterator[tuple[str, str, str, os.stat_result, Optional[entry.Info]]]:
     """Every entry file (a regular file at an entry name): its path, name, engine folder's
-    name, stat and Info, from one pass over the engine folders. A name the folder's
+    name, stat and Info, from one pass over the engine folders. Each engine folder is held
+    open (:func:`_hold`) and its entries are opened relative to it. A name the folder's
     listing types as anything but a regular file is skipped unopened; each other one is
     opened once, its fstat standing for the lstat a listing takes (the same file, never
     followed); one that cannot be opened is listed as its lstat shows it, undescribed."""
     if folders is None:
         return
-    shared, group, is_entry = folders.shared_group, folders.group, names.is_entry
-    for folder in folders.engines:
-        folder_name = folder.name
-        for item in _scan(folder.path):
-            name = item.name
-            if not is_entry(name):
-                continue
-            try:
-                if not item.is_file(follow_symlinks=False):  # the listing's type: no call
+    shared, group = folders.shared_group, folders.group
+    is_entry, read = names.is_entry, _read_described
+    for engine in folders.engines:
+        folder = _hold(folders, engine) if _AT_FOLDER else None
+        if _AT_FOLDER and folder is None:
+            continue
+        try:
+            engine_name, prefix = engine.name, engine.path + os.sep
+            for item in _scan(engine.path if folder is None else folder):
+                name = item.name
+                if not is_entry(name):
                     continue
-            except OSError:
-                continue
-            path = item.path
-            info, about = _read_described(path, shared, group)
-            if info is None:
                 try:
-                    info = item.stat(follow_symlinks=False)
+                    if not item.is_file(follow_symlinks=False):  # the listing's type: no call
+                        continue
                 except OSError:
                     continue
-                if not stat.S_ISREG(info.st_mode):
-                    continue
-            yield path, name, folder_name, info, about
+                path = prefix + name
+                info, about = read(path, shared, group, folder, name)
+                if info is None:
+                    try:
+                        info = item.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if not stat.S_ISREG(info.st_mode):
+                        continue
+                yield path, name, engine_name, info, about
+        finally:
+            if folder is not None:
+                os.close(folder)
 
 
 class Listed(NamedTuple):
@@ -575,73 +617,6 @@ def maybe_prune(cache: Housekeeping, max_bytes: int, interval: float) -> float:
         except (OSError, CacheError) as exc:
             log.warning("automatic pruning of %s failed: %s", cache_dir, exc)
     return interval
-
-
-class _Worker:
-    """One background thread per process that runs housekeeping handed to it, each job
-    once however often it is asked for while it waits."""
-
-    def __init__(self) -> None:
-        self._jobs: dict[object, Callable[[], object]] = {}
-        self._busy = False
-        self._changed = threading.Condition()
-        self._thread: Optional[threading.Thread] = None
-
-    def submit(self, name: object, job: Callable[[], object]) -> None:
-        with self._changed:
-            if name in self._jobs:
-                return
-            self._jobs[name] = job
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._run, name="wasmcache-housekeeping", daemon=True
-                )
-                self._thread.start()
-            self._changed.notify_all()
-
-    def _run(self) -> None:
-        while True:
-            with self._changed:
-                while not self._jobs:
-                    self._busy = False
-                    self._changed.notify_all()
-                    if not self._changed.wait(timeout=30.0) and not self._jobs:
-                        self._thread = None
-                        return  # idle: a later job starts a new thread
-                name = next(iter(self._jobs))
-                job = self._jobs.pop(name)
-                self._busy = True
-            try:
-                job()
-            except Exception:
-                log.exception("housekeeping failed")
-
-    def wait(self, timeout: Optional[float] = None) -> bool:
-        """Wait until no job is queued or running; return whether that happened."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._changed:
-            while self._jobs or self._busy:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                self._changed.wait(left)
-        return True
-
-
-_worker = _Worker()
-
-
-def in_background(name: object, job: Callable[[], object]) -> None:
-    """Run ``job`` on the housekeeping thread once this thread holds no compile lock
-    (at once if it holds none); a job of the same ``name`` already waiting is not added
-    again."""
-    locks.after_release(lambda: _worker.submit(name, job))
-
-
-def wait_idle(timeout: Optional[float] = None) -> bool:
-    """Wait until the background housekeeping of this process is done; return whether
-    it was within ``timeout`` seconds."""
-    return _worker.wait(timeout)
 
 
 def _stamp_time(path: str, *, shared_group: bool, group: Optional[int]) -> float:
