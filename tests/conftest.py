@@ -132,7 +132,7 @@ WINE_MISSING: dict[str, tuple[str, ...]] = {
         "tests/test_metrics.py::test_a_hit_costs_no_file_work",
         "tests/test_logs.py::test_the_command_shows_warnings_and_debug_lines_in_its_format",
         "tests/test_trust.py::test_an_explicit_xxh64_key_is_the_callers_choice",
-        "tests/test_exit.py::test_a_warm_run_imports_only_what_it_needs",
+        "tests/test_exit.py::test_run_imports_only_what_it_needs",
     ),
     "its symbolic links are stubs": (
         "tests/test_native.py::test_atomic_write_never_opens_a_planted_link_at_its_temp_name",

@@ -375,6 +375,25 @@ class Reads:
         monkeypatch.setattr(direct, "read_source", counting)
 
 
+def default_sigint() -> None:
+    """For ``preexec_fn``: Ctrl-C's default action in the child, as in a terminal. A
+    harness that started the tests in the background may have left SIGINT ignored, and an
+    ignored SIGINT stays ignored across exec (Python then installs no handler)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def ended(proc: subprocess.Popen) -> Iterator[subprocess.Popen]:  # type: ignore[type-arg]
+    """``proc``, killed at the end of the block if it still runs (a test that failed must
+    not leave a guest looping for the rest of the run)."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
 def start_holder(script: str) -> subprocess.Popen[str]:
     """A Python process running ``script``, which prints "locked" once it holds a lock and
     then waits for a line on stdin; returned once it holds the lock."""

@@ -18,7 +18,7 @@ import wasmtime
 
 import wasmcache as wc
 from conftest import PRIVATE_HINT, WINDOWS, open_to_everyone, windows_lacks
-from support import LOOP_WAT
+from support import LOOP_WAT, default_sigint, ended
 from wasmcache import synth
 from wasmcache.cli import parse_size
 from wasmcache.display import shown
@@ -106,16 +106,13 @@ def test_console_script_and_cache_dir_option(hello, tmp_path):
 def test_run_is_interrupted_by_ctrl_c(tmp_path, env):
     path = tmp_path / "loop.wasm"
     path.write_bytes(wasmtime.wat2wasm(LOOP_WAT))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "wasmcache", "run", str(path)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stdout.readline() == b"looping\n"  # the guest runs: now interrupt it
-    assert proc.poll() is None
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=20) == 130
+    command = [sys.executable, "-m", "wasmcache", "run", str(path)]
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    with ended(subprocess.Popen(command, env=env, preexec_fn=default_sigint, **pipes)) as proc:
+        assert proc.stdout.readline() == b"looping\n"  # the guest runs: now interrupt it
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 130
 
 
 def test_compile_ls_stats(hello, env):
@@ -297,20 +294,17 @@ def test_compile_says_when_nothing_was_cached(hello, tmp_path):
 def test_ctrl_c_during_a_compile_exits_130_at_once(tmp_path, env):
     slow = tmp_path / "slow.wasm"
     slow.write_bytes(synth.data_module(1 << 20, functions=30000, seed=13))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "wasmcache", "compile", str(slow)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    line = proc.stderr.readline()  # said once the compile has run a second
-    assert "compiling slow.wasm" in line and "this can take a while" in line
-    assert proc.poll() is None
-    proc.send_signal(signal.SIGINT)
-    start = time.monotonic()
-    assert proc.wait(timeout=20) == 130
-    assert time.monotonic() - start < 2
+    command = [sys.executable, "-m", "wasmcache", "compile", str(slow)]
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    popen = subprocess.Popen(command, env=env, preexec_fn=default_sigint, text=True, **pipes)
+    with ended(popen) as proc:
+        line = proc.stderr.readline()  # said once the compile has run a second
+        assert "compiling slow.wasm" in line and "this can take a while" in line
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        start = time.monotonic()
+        assert proc.wait(timeout=20) == 130
+        assert time.monotonic() - start < 2
     cache_dir = Path(env["WASMCACHE_DIR"])
     assert not list(cache_dir.glob("*/*.bin"))  # nothing half-written is visible
 

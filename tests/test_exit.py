@@ -14,7 +14,7 @@ import pytest
 import wasmtime
 
 from conftest import windows_lacks
-from support import LOOP_WAT
+from support import LOOP_WAT, default_sigint, ended
 from wasmcache import cli
 
 EXIT_WAT = """
@@ -140,43 +140,16 @@ def test_ctrl_c_during_the_guest_exits_130(tmp_path, env):
     path = tmp_path / "loop.wasm"
     path.write_bytes(wasmtime.wat2wasm(LOOP_WAT))
     for _ in range(2):  # compiled, then from the cache
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "wasmcache", "run", str(path)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        assert proc.stdout is not None
-        assert proc.stdout.readline() == b"looping\n"
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=20) == 130
-        proc.stdout.close()
-        assert proc.stderr is not None
-        proc.stderr.close()
-
-
-def test_run_imports_only_what_it_needs(tmp_path, monkeypatch):
-    """A warm `run` of a plain WASI program reads no package metadata and imports none
-    of the modules only other commands (or other programs) need."""
-    path = tmp_path / "exit0.wasm"
-    path.write_bytes(wasmtime.wat2wasm(EXIT_WAT.replace("CODE", "0")))
-    env = {**os.environ, "WASMCACHE_DIR": str(tmp_path / "cache")}
-    run(path, env=env)
-    probe = textwrap.dedent(
-        f"""
-        import sys
-        from wasmcache.cli import main
-        code = main(["run", {str(path)!r}])
-        unwanted = ["importlib.metadata", "dataclasses", "decimal", "fractions", "shutil",
-                    "tempfile", "wasmcache.remote", "wasmcache.synth", "wasmcache.preview0",
-                    "wasmcache.invoke", "wasmtime.component", "asyncio", "argparse"]
-        print(sorted(m for m in unwanted if m in sys.modules), code)
-        """
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120
-    )
-    assert done.stdout.splitlines()[-1] == "[] 0", done.stderr
+        command = [sys.executable, "-m", "wasmcache", "run", str(path)]
+        pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+        with ended(subprocess.Popen(command, env=env, preexec_fn=default_sigint, **pipes)) as proc:
+            assert proc.stdout is not None
+            assert proc.stdout.readline() == b"looping\n"
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=20) == 130
+            proc.stdout.close()
+            assert proc.stderr is not None
+            proc.stderr.close()
 
 
 def test_the_preview0_name_is_the_adapters():
@@ -185,16 +158,19 @@ def test_the_preview0_name_is_the_adapters():
     assert runner.PREVIEW0 == preview0.NAME
 
 
-#: Modules a warm `run` of a small program never needs: each costs a start milliseconds.
+#: Modules a warm `run` of a plain WASI program never needs (only other commands, other
+#: programs or a miss do): each costs every start milliseconds.
 NOT_AT_START = (
-    "argparse", "hashlib", "_hashlib", "importlib.metadata", "json", "logging", "tempfile",
-    "wasmcache.maintenance", "wasmcache.schema",
+    "argparse", "asyncio", "dataclasses", "decimal", "fractions", "hashlib", "_hashlib",
+    "importlib.metadata", "json", "logging", "shutil", "tempfile", "wasmcache.invoke",
+    "wasmcache.maintenance", "wasmcache.preview0", "wasmcache.remote", "wasmcache.schema",
+    "wasmcache.synth", "wasmtime.component",
 )  # fmt: skip
 
 
-def test_a_warm_run_imports_only_what_it_needs(tmp_path, env):
+def test_run_imports_only_what_it_needs(tmp_path, env):
     """From the start to the last exit handler (the counters' flush included), a warm
-    `run` imports none of the modules a hit does not need."""
+    `run` reads no package metadata and imports none of the modules a hit does not need."""
     path = tmp_path / "exit0.wasm"
     path.write_bytes(wasmtime.wat2wasm(EXIT_WAT.replace("CODE", "0")))
     code = textwrap.dedent(
