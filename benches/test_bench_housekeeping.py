@@ -20,7 +20,7 @@ import wasmtime
 
 import wasmcache as wc
 from conftest import best_of
-from wasmcache import cli, direct, entry, maintenance, names
+from wasmcache import cli, direct, entry, housekeeping, maintenance, names
 from wasmcache._image import artifact_bytes
 from wasmcache.hashing import DEFAULT_ALGORITHM
 
@@ -192,4 +192,4 @@ def test_small_entry_disk_overhead(benchmark, tmp_path):
         entry_kb=round(measured["artifact"] / count / 1e3, 1),
         key=DEFAULT_ALGORITHM,
     )
-    assert maintenance.wait_idle(60)
+    assert housekeeping.wait_idle(60)

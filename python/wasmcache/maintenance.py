@@ -28,34 +28,8 @@ from wasmcache import entry, legacy, locks, names, safefs
 from wasmcache.entry import Corrupt
 from wasmcache.errors import CacheError, FileWriteError, UnsafeCacheError
 from wasmcache.hashing import ModuleHash
-from wasmcache.housekeeping import (
-    STALE_TEMP_AGE,
-    Housekeeping,
-    in_background,
-    record_use,
-    wait_idle,
-)
+from wasmcache.housekeeping import STALE_TEMP_AGE, Housekeeping
 from wasmcache.logs import log
-
-__all__ = [
-    "STALE_TEMP_AGE",
-    "CacheEntry",
-    "Folders",
-    "Housekeeping",
-    "Listed",
-    "Summary",
-    "cleanup",
-    "clear",
-    "describe",
-    "in_background",
-    "listed",
-    "maybe_prune",
-    "prune",
-    "record_use",
-    "summarize",
-    "verify",
-    "wait_idle",
-]
 
 
 class CacheEntry(NamedTuple):
